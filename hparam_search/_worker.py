@@ -1,0 +1,207 @@
+"""Worker process: open the study from its URL and run trials while the budget has room.
+
+Spawn target; no argv, no YAML. Talks to the launcher through one pipe:
+worker -> launcher: ("ready",), ("trial", TrialResult), ("fatal", message), ("done",)
+launcher -> worker: ("go",) or ("quit",)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import _trial, storage as st
+from .errors import HparamSearchError
+from .space import ParamSpec
+
+EXIT_DONE = 0
+EXIT_FATAL = 3  # a message explaining why was sent first
+EXIT_INTERRUPTED = 4
+_SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, small and picklable."""
+
+    script: str
+    module: str
+    qualname: str
+    url: str
+    study_name: str
+    fixed: dict[str, Any]
+    params: tuple[ParamSpec, ...]
+    n_trials: int
+    n_jobs: int
+    n_startup_trials: int
+    seed: int | None
+    fail_fast: int
+    rank: int
+    generation: int
+    resumed_from: int  # finished trials when this launch began: varies seeds on resume
+
+
+def worker_seed(spec: WorkerSpec) -> int | None:
+    """Distinct per worker (and per replacement and resume), reproducible for a fresh study."""
+    if spec.seed is None:
+        return None
+    slot = spec.generation * spec.n_jobs + spec.rank
+    return (spec.seed + _SEED_STRIDE * slot + 7919 * spec.resumed_from) % 2**32
+
+
+def resolve_train(module: str, qualname: str) -> Callable[[dict], Any]:
+    """Find the user's undecorated train function again in this process."""
+    if module == "__main__":
+        # spawn/forkserver import the script as __mp_main__; fork keeps __main__.
+        mod = sys.modules.get("__mp_main__") or sys.modules["__main__"]
+    else:
+        mod = importlib.import_module(module)
+    obj: Any = mod
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise HparamSearchError(
+                f"a worker could not find '{qualname}' in {getattr(mod, '__file__', module)}",
+                fix="Define the decorated function at the top level of your script.")
+    return getattr(obj, "__hparam_search_train__", obj)
+
+
+def main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
+    """Process entry point."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher turns Ctrl-C into SIGTERM
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    state = _State()
+    try:
+        train = resolve_train(spec.module, spec.qualname)
+        import optuna  # noqa: F401 - import while the launcher creates the study
+
+        _watch_launcher(state)
+        conn.send(("ready",))
+        reply = conn.recv()
+        if reply[0] != "go":
+            _leave(EXIT_DONE)
+        spec = dataclasses.replace(spec, **reply[1])
+        storage = state.storage = st.open_storage(spec.url, create=False)
+        study = _load_study(spec, storage)
+        _loop(spec, study, storage, train, conn, state)
+    except HparamSearchError as exc:
+        _send(conn, ("fatal", str(exc)))
+        _leave(EXIT_FATAL)
+    except (_trial.Interrupted, KeyboardInterrupt, EOFError, BrokenPipeError):
+        # Stopped by the launcher, or the launcher is gone: give the slot back and leave.
+        state.fail_current("interrupted: the search was stopped")
+        _leave(EXIT_INTERRUPTED)
+    _send(conn, ("done",))
+    _leave(EXIT_DONE)
+
+
+def _leave(code: int) -> None:
+    # A late SIGTERM must not interrupt the interpreter's own shutdown with a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)
+
+
+class _State:
+    """The worker's current trial, so the watchdog can give it back if the launcher dies."""
+
+    def __init__(self) -> None:
+        self.storage: Any = None
+        self.trial_id: int | None = None
+        self.lock = threading.Lock()
+
+    def fail_current(self, reason: str) -> None:
+        with self.lock:
+            trial_id, self.trial_id = self.trial_id, None
+        if trial_id is not None and self.storage is not None:
+            try:
+                st.fail_trial(self.storage, trial_id, reason)
+            except Exception:  # noqa: BLE001 - best effort; the launcher sweeps up after us
+                pass
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one interruption; then let cleanup run
+    raise _trial.Interrupted()
+
+
+def _watch_launcher(state: _State) -> None:
+    """Exit soon after the launcher dies (even SIGKILLed), so no worker trains for hours."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        state.fail_current("the launcher process died")
+        os._exit(EXIT_INTERRUPTED)
+
+    threading.Thread(target=watch, name="hparam-search-watchdog", daemon=True).start()
+
+
+def _load_study(spec: WorkerSpec, storage: Any) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(
+        n_startup_trials=spec.n_startup_trials, seed=worker_seed(spec),
+        constant_liar=spec.n_jobs > 1)
+    return optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler)
+
+
+def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], Any],
+          conn: multiprocessing.connection.Connection, state: _State) -> None:
+    owner = st.Owner.me(spec.rank).as_attr()
+    info = _trial.TrialInfo(-1, spec.rank, spec.n_jobs, spec.study_name, spec.url)
+    study_id = study._study_id
+    while True:
+        with st.budget_lock(spec.url):
+            if st.claimed(st.state_counts(storage, study_id)) >= spec.n_trials:
+                return
+            trial = study.ask()
+            with state.lock:
+                state.trial_id = trial._trial_id
+            storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, owner)
+        result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info)
+        with state.lock:
+            state.trial_id = None
+        conn.send(("trial", result))
+        if result.traceback and spec.fail_fast and _all_failed_so_far(study, spec.fail_fast):
+            raise HparamSearchError(
+                f"the first {spec.fail_fast} finished trials all raised an exception, so the "
+                f"search stopped early (likely a bug in train). First failure:\n"
+                f"{_first_traceback(study)}",
+                fix=f"Fix train and run again (the study resumes), or set fail_fast: 0 to "
+                    f"search on regardless.")
+
+
+def _all_failed_so_far(study: Any, limit: int) -> bool:
+    first = _first_finished(study, limit)
+    return len(first) == limit and all(_trial.ERROR_ATTR in t.user_attrs for t in first)
+
+
+def _first_finished(study: Any, limit: int) -> list[Any]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return sorted(trials, key=lambda t: t.number)[:limit]
+
+
+def _first_traceback(study: Any) -> str:
+    first = _first_finished(study, 1)
+    return first[0].user_attrs.get(_trial.TRACEBACK_ATTR, "") if first else ""
+
+
+def _send(conn: multiprocessing.connection.Connection, message: tuple) -> None:
+    try:
+        conn.send(message)
+    except (BrokenPipeError, OSError):
+        pass

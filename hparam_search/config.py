@@ -1,0 +1,223 @@
+"""YAML file + ``--set`` overrides -> validated, frozen search settings. Does not import optuna."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._yaml import DuplicateKey, load_with_lines
+from .errors import COMMAND_LINE, HparamSearchError, did_you_mean
+from .overrides import Override, apply_overrides, parse_override
+from .space import ParamSpec, parse_sweep
+
+SWEEP_KEY = "sweep_parameters"
+DIRECTIONS = ("minimize", "maximize")
+START_METHODS = ("spawn", "forkserver", "fork")
+_MISSING = HparamSearchError._MISSING
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything a search needs, validated. ``fixed`` is what ``train`` gets minus sampled values."""
+
+    path: Path
+    experiment_name: str
+    tag: str
+    direction: str
+    n_jobs: int
+    n_trials: int
+    n_startup_trials: int
+    seed: int | None
+    fail_fast: int
+    start_method: str | None
+    params: tuple[ParamSpec, ...]
+    fixed: dict[str, Any] = field(hash=False)
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def study_name(self) -> str:
+        return f"{self.experiment_name}_{self.tag}"
+
+
+# name -> (required, default). The checks themselves are in _validate_settings.
+SETTINGS: dict[str, tuple[bool, Any]] = {
+    "experiment_name": (True, None),
+    "tag": (True, None),
+    "direction": (False, "minimize"),
+    "n_jobs": (False, 1),
+    "n_trials": (True, None),
+    "n_startup_trials": (False, 10),
+    "seed": (False, None),
+    "fail_fast": (False, 5),
+    "start_method": (False, None),
+}
+
+
+def display_path(path: Path) -> str:
+    """``path`` as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def load_config(path: Path, set_args: list[str] | tuple[str, ...] = (),
+                not_found_hint: str = "") -> SearchConfig:
+    """Read ``path``, apply ``set_args`` (``a.b=value`` strings), validate, and freeze.
+
+    Raises:
+        HparamSearchError: for any mistake in the file or the overrides.
+    """
+    source = display_path(path)
+    if not path.is_file():
+        raise HparamSearchError(
+            "config file not found", source=source,
+            fix=not_found_hint or "Check the path, or pass --config PATH.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HparamSearchError(f"cannot read the config file ({exc})", source=source) from exc
+    try:
+        data, lines = load_with_lines(text)
+    except DuplicateKey as exc:
+        raise HparamSearchError(
+            f"the key appears twice (first on line {exc.first_line})", source=source,
+            key=exc.key, line=exc.line, fix="Keep one of them.") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise HparamSearchError(
+            f"YAML syntax error: {problem}", source=source,
+            line=mark.line + 1 if mark else None,
+            fix="Check indentation, colons and quotes around this line.") from exc
+    if data is None:
+        raise HparamSearchError("the config file is empty", source=source,
+                                fix="Add experiment_name, tag, n_trials and sweep_parameters.")
+    if not isinstance(data, dict):
+        raise HparamSearchError(
+            f"the top level must be a mapping of key: value, not a {type(data).__name__}",
+            source=source, line=1, fix="Start with lines like 'experiment_name: my_exp'.")
+
+    overrides = [parse_override(text) for text in set_args]
+    data = apply_overrides(data, overrides)
+    locate = _locator(source, lines, overrides)
+    settings = _validate_settings(data, locate)
+
+    sweep_raw = data.get(SWEEP_KEY)
+    params = parse_sweep(sweep_raw, locate)
+    # `--set lr=0.01` on a swept parameter pins it: the user asked for that value.
+    pinned = {ov.key for ov in overrides}
+    params = tuple(p for p in params if p.name not in pinned)
+    fixed = {k: v for k, v in data.items() if k != SWEEP_KEY}
+    _check_collisions(params, fixed, locate)
+    return SearchConfig(path=path, params=params, fixed=fixed,
+                        overrides=tuple(set_args), **settings)
+
+
+def _locator(source: str, lines: dict[str, int], overrides: list[Override]
+             ) -> Callable[[str], tuple[str, int | None]]:
+    def locate(key: str) -> tuple[str, int | None]:
+        for ov in reversed(overrides):
+            if key == ov.key or key.startswith(ov.key + ".") or ov.key.startswith(key + "."):
+                return f"{COMMAND_LINE} (--set {ov.text})", None
+        probe = key
+        while probe:
+            if probe in lines:
+                return source, lines[probe]
+            probe = probe.rpartition(".")[0]
+        return source, None
+
+    return locate
+
+
+def _validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, int | None]]
+                       ) -> dict[str, Any]:
+    def fail(key: str, problem: str, got: Any = _MISSING, fix: str | None = None) -> None:
+        src, line = locate(key)
+        raise HparamSearchError(problem, source=src, key=key, line=line, got=got, fix=fix)
+
+    for key in data:
+        if key not in SETTINGS and key != SWEEP_KEY:
+            hint = did_you_mean(str(key), [*SETTINGS, SWEEP_KEY], cutoff=0.8)
+            if hint:
+                fail(str(key), "unknown study setting", fix=hint)
+
+    out: dict[str, Any] = {}
+    for key, (required, default) in SETTINGS.items():
+        if key not in data or (data[key] is None and required):
+            if required:
+                fail(key, "missing required setting", fix=f"Add '{key}: ...' to the file.")
+            out[key] = default
+        else:
+            out[key] = data[key]
+
+    for key in ("experiment_name", "tag"):
+        value = out[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            fail(key, "must be a non-empty string", value)
+        if any(bad in value for bad in ("/", "\\", "\0", "..")) or value.startswith("."):
+            fail(key, "must not contain '/', '\\' or '..' or start with '.': it names the "
+                 "study's file inside save_db_directory", value,
+                 "Use letters, digits, '-' and '_'.")
+        out[key] = value
+
+    if out["direction"] not in DIRECTIONS:
+        fail("direction", "must be minimize or maximize", out["direction"],
+             did_you_mean(str(out["direction"]), DIRECTIONS) or None)
+
+    def integer(key: str, minimum: int, extra: str = "") -> None:
+        value = out[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            fail(key, f"must be an integer >= {minimum}{extra}", value)
+
+    n_jobs = out["n_jobs"]
+    if n_jobs == -1 and not isinstance(n_jobs, bool):
+        out["n_jobs"] = _cpu_count()
+    else:
+        integer("n_jobs", 1, " (or -1 for one worker per CPU core)")
+    integer("n_trials", 1)
+    integer("n_startup_trials", 0)
+    integer("fail_fast", 0, " (0 turns it off)")
+    seed = out["seed"]
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        fail("seed", "must be a non-negative integer or null", seed)
+    if out["start_method"] is not None and out["start_method"] not in START_METHODS:
+        fail("start_method", "must be spawn, forkserver or fork", out["start_method"])
+    return out
+
+
+def _check_collisions(params: tuple[ParamSpec, ...], fixed: dict[str, Any],
+                      locate: Callable[[str], tuple[str, int | None]]) -> None:
+    for p in params:
+        node: Any = fixed
+        parts = p.name.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict):
+                clash = ".".join(parts[:depth])
+                break
+            if part not in node:
+                clash = None
+                break
+            node = node[part]
+        else:
+            clash = p.name
+        if clash:
+            src, line = locate(f"{SWEEP_KEY}.{p.name}")
+            raise HparamSearchError(
+                f"the sweep parameter also exists as a fixed value '{clash}'",
+                source=src, key=f"{SWEEP_KEY}.{p.name}", line=line,
+                fix=f"Remove '{clash}' from the fixed parameters, or this sweep parameter.")
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

@@ -1,0 +1,289 @@
+"""Start, watch, replace and join worker processes; signals and exit codes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _worker, storage as st
+from ._trial import TrialResult
+from .config import SearchConfig
+from .console import Console
+
+EXIT_OK = 0
+EXIT_SEARCH_FAILED = 1
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+STOP_GRACE_S = 2.5  # workers get SIGTERM, then SIGKILL after this; total stop stays under 3 s
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """A validated search, ready to run."""
+
+    config: SearchConfig
+    script: Path
+    module: str
+    qualname: str
+    db_path: Path
+    start_method: str
+    resume_command: str
+
+    @property
+    def url(self) -> str:
+        return st.sqlite_url(self.db_path)
+
+
+class _Terminated(BaseException):
+    """SIGTERM reached the launcher."""
+
+
+@dataclass
+class _Slot:
+    rank: int
+    generation: int
+    process: Any
+    conn: multiprocessing.connection.Connection
+    ready: bool = False
+    exited: bool = False
+
+
+class Launcher:
+    """Runs one search to its end. ``run()`` returns the process exit code; when the search
+    stopped on an error, ``fatal`` says why."""
+
+    def __init__(self, plan: LaunchPlan, console: Console | None = None) -> None:
+        self.plan = plan
+        self.cfg = plan.config
+        self.out = console or Console()
+        self.ctx = multiprocessing.get_context(plan.start_method)
+        self.slots: list[_Slot] = []
+        self.storage: Any = None
+        self.study: Any = None
+        self.done = 0
+        self.done_at_start = 0
+        self.accepting = True
+        self.fatal: str | None = None
+        self.crashes_in_a_row = 0
+        self.all_pids: set[int] = set()
+        self.wanted = 0
+
+    # -- public --------------------------------------------------------------------------
+    def run(self) -> int:
+        started = time.monotonic()
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        code, headline = EXIT_OK, "Search finished"
+        try:
+            # Workers import their (possibly heavy) modules while the parent opens the study.
+            for rank in range(min(self.cfg.n_jobs, self.cfg.n_trials)):
+                self._start(rank, generation=0)
+            if not self._prepare_study():
+                return EXIT_OK
+            self._watch()
+            if self.fatal:
+                code, headline = EXIT_SEARCH_FAILED, "Search stopped on an error"
+        except KeyboardInterrupt:
+            code, headline = EXIT_SIGINT, "Search interrupted (Ctrl-C)"
+        except _Terminated:
+            code, headline = EXIT_SIGTERM, "Search terminated (SIGTERM)"
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self.study is not None:
+            self._summary(headline, time.monotonic() - started)
+        return code
+
+    # -- study ---------------------------------------------------------------------------
+    def _prepare_study(self) -> bool:
+        """Create or load the study; False when it has nothing left to do."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.storage = st.open_storage(self.plan.url, create=True)
+        self.study = st.create_or_load_study(self.storage, self.cfg.study_name,
+                                             self.cfg.direction)
+        stale = st.fail_trials_of(self.storage, self.study._study_id, None,
+                                  "its process died (found when the search was resumed)")
+        self.done = self.done_at_start = st.finished(self._counts())
+        remaining = self.cfg.n_trials - self.done
+        if remaining <= 0:
+            self.accepting = False
+            self.out.line(
+                f"hparam_search: study '{self.cfg.study_name}' already has {self.done} finished "
+                f"trials (n_trials is {self.cfg.n_trials}); nothing to do. To run more, extend "
+                f"the budget: {self.plan.resume_command} --set n_trials={self.done + 50}")
+            return False
+        self.out.banner(study=self.cfg.study_name, db=str(self.plan.db_path), done=self.done,
+                        target=self.cfg.n_trials, n_workers=min(self.cfg.n_jobs, remaining),
+                        start_method=self.plan.start_method,
+                        dashboard=st.dashboard_command(self.plan.url), stale=stale)
+        # Workers beyond what is left are told to quit when they report ready.
+        self.wanted = min(self.cfg.n_jobs, remaining)
+        return True
+
+    def _counts(self) -> dict[str, int]:
+        return st.state_counts(self.storage, self.study._study_id)
+
+    # -- workers -------------------------------------------------------------------------
+    def _start(self, rank: int, generation: int) -> None:
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        spec = _worker.WorkerSpec(
+            script=str(self.plan.script), module=self.plan.module, qualname=self.plan.qualname,
+            url=self.plan.url, study_name=self.cfg.study_name, fixed=self.cfg.fixed,
+            params=self.cfg.params, n_trials=self.cfg.n_trials, n_jobs=self.cfg.n_jobs,
+            n_startup_trials=self.cfg.n_startup_trials, seed=self.cfg.seed,
+            fail_fast=self.cfg.fail_fast, rank=rank, generation=generation, resumed_from=0)
+        process = self.ctx.Process(target=_worker.main, args=(spec, child_conn),
+                                   name=f"hparam-search-worker-{rank}", daemon=False)
+        process.start()
+        child_conn.close()
+        self.all_pids.add(process.pid)
+        self.slots.append(_Slot(rank, generation, process, parent_conn))
+
+    def _live(self) -> list[_Slot]:
+        return [s for s in self.slots if not s.exited]
+
+    def _watch(self) -> None:
+        while True:
+            live = self._live()
+            if not live:
+                if self.fatal or not self._restart_if_short():
+                    return
+                continue
+            waitables = [s.conn for s in live] + [s.process.sentinel for s in live]
+            ready = multiprocessing.connection.wait(waitables, timeout=1.0)
+            for slot in live:
+                if slot.conn in ready or slot.process.sentinel in ready:
+                    self._drain(slot)
+                if slot.process.sentinel in ready:
+                    self._on_exit(slot)
+
+    def _drain(self, slot: _Slot) -> None:
+        try:
+            while slot.conn.poll():
+                self._on_message(slot, slot.conn.recv())
+        except (EOFError, OSError):
+            pass
+
+    def _on_message(self, slot: _Slot, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "ready":
+            slot.ready = True
+            busy = sum(1 for s in self._live() if s.ready and s is not slot)
+            go = self.accepting and not self.fatal and busy < self.wanted
+            slot.conn.send(("go", {"resumed_from": self.done_at_start}) if go else ("quit",))
+        elif kind == "trial":
+            result: TrialResult = msg[1]
+            if result.state in ("COMPLETE", "PRUNED"):
+                self.done += 1
+            if result.state == "COMPLETE":
+                self.crashes_in_a_row = 0
+            self.out.trial(result, self.done, self.cfg.n_trials)
+        elif kind == "fatal":
+            if self.fatal is None:
+                self.fatal = msg[1]
+            self.accepting = False
+            self._terminate_live()
+
+    def _on_exit(self, slot: _Slot) -> None:
+        slot.process.join()
+        slot.exited = True
+        code = slot.process.exitcode
+        if code == _worker.EXIT_DONE or not self.accepting:
+            return
+        if code == _worker.EXIT_FATAL:
+            self.fatal = self.fatal or "a worker stopped on an error"
+            self.accepting = False
+            self._terminate_live()
+            return
+        if not slot.ready and code == 1:
+            self.fatal = ("a worker process could not start (see the error above); "
+                          "check that your script runs on its own")
+            self.accepting = False
+            self._terminate_live()
+            return
+        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+        numbers = st.fail_trials_of(self.storage, self.study._study_id, {slot.process.pid},
+                                    f"its worker process {how}")
+        lost = f"; trial {', '.join(map(str, numbers))} marked FAIL and will be re-run" \
+            if numbers else ""
+        self.out.line(f"worker {slot.rank} (pid {slot.process.pid}) {how}{lost}")
+        self.crashes_in_a_row += 1
+        if self.cfg.fail_fast and self.crashes_in_a_row >= self.cfg.fail_fast + self.cfg.n_jobs:
+            self.fatal = (f"worker processes died {self.crashes_in_a_row} times in a row without "
+                          f"a trial completing; the last one {how}")
+            self.accepting = False
+            self._terminate_live()
+            return
+        self.out.line(f"starting a replacement for worker {slot.rank}")
+        self._start(slot.rank, slot.generation + 1)
+
+    def _restart_if_short(self) -> bool:
+        """All workers left but the budget is not met (a last trial failed after the others had
+        found no free slot): start another round. False when the search is complete."""
+        remaining = self.cfg.n_trials - st.finished(self._counts())
+        if remaining <= 0 or not self.accepting:
+            return False
+        generation = max(s.generation for s in self.slots) + 1
+        for rank in range(min(self.cfg.n_jobs, remaining)):
+            self._start(rank, generation)
+        return True
+
+    # -- stopping ------------------------------------------------------------------------
+    def _terminate_live(self) -> None:
+        for slot in self._live():
+            if slot.process.is_alive():
+                slot.process.terminate()
+
+    def _stop_all(self) -> None:
+        self.accepting = False
+        self._terminate_live()
+        deadline = time.monotonic() + STOP_GRACE_S
+        try:
+            for slot in self.slots:
+                slot.process.join(max(0.0, deadline - time.monotonic()))
+        except (KeyboardInterrupt, _Terminated):
+            pass  # a second Ctrl-C: stop waiting
+        for slot in self.slots:
+            if slot.process.is_alive():
+                slot.process.kill()
+            slot.process.join()
+            slot.exited = True
+            slot.conn.close()
+        if self.storage is not None and self.study is not None:
+            st.fail_trials_of(self.storage, self.study._study_id, self.all_pids,
+                              "interrupted: the search was stopped")
+
+    def _summary(self, headline: str, wall_s: float) -> None:
+        counts = self._counts()
+        if headline == "Search finished" and st.finished(counts) < self.cfg.n_trials:
+            headline = "Search ended short of its budget"
+        best = None
+        try:
+            best = self.study.best_trial
+        except ValueError:
+            pass
+        self.out.summary(headline=headline, counts=counts, best=best,
+                         direction=self.cfg.direction, wall_s=wall_s,
+                         dashboard=st.dashboard_command(self.plan.url),
+                         resume=self.plan.resume_command)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+

@@ -1,0 +1,173 @@
+"""``sweep_parameters`` -> validated parameter specs -> Optuna distributions and suggestions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import HparamSearchError, did_you_mean
+
+if TYPE_CHECKING:
+    import optuna
+
+# locate(dotted_key) -> (source, line): where a key came from, for error messages.
+Locate = Callable[[str], tuple[str, "int | None"]]
+
+PARAM_TYPES = ("float", "int", "categorical")
+_FIELDS = {
+    "float": {"type", "low", "high", "log", "step"},
+    "int": {"type", "low", "high", "log", "step"},
+    "categorical": {"type", "choices"},
+}
+_ALL_FIELDS = sorted(set().union(*_FIELDS.values()))
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One validated sweep parameter. ``name`` may be dotted (``model.hidden``)."""
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        from optuna import distributions as d
+
+        if self.type == "float":
+            return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return d.IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        return d.CategoricalDistribution(self.choices)
+
+    def describe(self) -> str:
+        if self.type == "categorical":
+            return f"{self.name}: categorical {list(self.choices)}"
+        extra = " log" if self.log else (f" step {self.step}" if self.step else "")
+        return f"{self.name}: {self.type} [{self.low}, {self.high}]{extra}"
+
+
+def parse_sweep(raw: Any, locate: Locate) -> tuple[ParamSpec, ...]:
+    """Validate the ``sweep_parameters`` mapping. Raises HparamSearchError naming key and line."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        _fail(locate, "sweep_parameters", "must be a mapping of parameter name -> spec", raw,
+              "Write one entry per parameter, e.g. 'lr: {type: float, low: 1e-5, high: 1e-1}'.")
+    return tuple(_parse_one(str(name), spec, locate) for name, spec in raw.items())
+
+
+def _parse_one(name: str, spec: Any, locate: Locate) -> ParamSpec:
+    key = f"sweep_parameters.{name}"
+    if not isinstance(spec, Mapping):
+        _fail(locate, key, "must be a mapping with a 'type'", spec,
+              "Write e.g. '{type: float, low: 0.0, high: 1.0}'.")
+    kind = spec.get("type")
+    if kind is None:
+        _fail(locate, key, "has no 'type'", fix=f"Add 'type: float', 'type: int' or 'type: categorical'.")
+    if kind not in PARAM_TYPES:
+        hint = did_you_mean(str(kind), PARAM_TYPES) or "Use float, int or categorical."
+        _fail(locate, f"{key}.type", "unknown parameter type", kind, hint)
+    for field in spec:
+        if field not in _FIELDS[kind]:
+            allowed = ", ".join(sorted(_FIELDS[kind]))
+            hint = did_you_mean(str(field), _FIELDS[kind]) or f"A {kind} parameter takes {allowed}."
+            _fail(locate, f"{key}.{field}", f"unknown field for a {kind} parameter", fix=hint)
+    if kind == "categorical":
+        return _categorical(name, key, spec, locate)
+    return _numeric(name, key, kind, spec, locate)
+
+
+def _categorical(name: str, key: str, spec: Mapping[str, Any], locate: Locate) -> ParamSpec:
+    choices = spec.get("choices")
+    if not isinstance(choices, list) or not choices:
+        _fail(locate, f"{key}.choices", "must be a non-empty list", choices,
+              "Write e.g. 'choices: [Adam, SGD]'.")
+    for i, choice in enumerate(choices):
+        if choice is not None and not isinstance(choice, (bool, int, float, str)):
+            _fail(locate, f"{key}.choices.{i}", "each choice must be a YAML scalar "
+                  "(string, number, true/false or null)", choice,
+                  "Name the option with a string and build the object inside train.")
+    if len(set(map(repr, choices))) != len(choices):
+        _fail(locate, f"{key}.choices", "lists the same choice twice", choices, "Remove the repeat.")
+    return ParamSpec(name, "categorical", choices=tuple(choices))
+
+
+def _numeric(name: str, key: str, kind: str, spec: Mapping[str, Any], locate: Locate) -> ParamSpec:
+    bounds = {}
+    for field in ("low", "high"):
+        if field not in spec:
+            _fail(locate, key, f"a {kind} parameter needs '{field}'", fix=f"Add '{field}: ...'.")
+        value = spec[field]
+        ok = _is_int(value) if kind == "int" else _is_number(value)
+        if not ok or (kind == "float" and not math.isfinite(value)):
+            what = "an integer" if kind == "int" else "a finite number"
+            _fail(locate, f"{key}.{field}", f"must be {what}", value)
+        bounds[field] = value if kind == "int" else float(value)
+    low, high = bounds["low"], bounds["high"]
+    if low > high:
+        _fail(locate, f"{key}.low", f"must be <= high ({high})", low, "Swap low and high.")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        _fail(locate, f"{key}.log", "must be true or false", log)
+    step = spec.get("step")
+    if step is not None:
+        ok = _is_int(step) if kind == "int" else _is_number(step)
+        if not ok or step <= 0:
+            what = "a positive integer" if kind == "int" else "a positive number"
+            _fail(locate, f"{key}.step", f"must be {what}", step)
+        if log and not (kind == "int" and step == 1):
+            _fail(locate, f"{key}.step", "cannot be combined with log: true", step,
+                  "Drop step, or set log: false.")
+        step = step if kind == "int" else float(step)
+    if log and (low < 1 if kind == "int" else low <= 0):
+        need = ">= 1" if kind == "int" else "> 0"
+        _fail(locate, f"{key}.low", f"must be {need} when log is true", low,
+              "Use a positive low or drop log.")
+    return ParamSpec(name, kind, low=low, high=high, log=log, step=step)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fail(locate: Locate, key: str, problem: str, got: Any = HparamSearchError._MISSING,
+          fix: str | None = None) -> None:
+    source, line = locate(key)
+    raise HparamSearchError(problem, source=source, key=key, line=line, got=got, fix=fix)
+
+
+def suggest(trial: optuna.Trial, params: tuple[ParamSpec, ...]) -> dict[str, Any]:
+    """Ask ``trial`` for a value of every parameter; return {dotted name: value}."""
+    values: dict[str, Any] = {}
+    for p in params:
+        if p.type == "float":
+            values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            values[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step or 1)
+        else:
+            values[p.name] = trial.suggest_categorical(p.name, p.choices)
+    return values
+
+
+def merge_params(fixed: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The config ``train`` receives: ``fixed`` with each value placed at its dotted name."""
+    import copy
+
+    config = copy.deepcopy(dict(fixed))
+    for name, value in values.items():
+        node = config
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config

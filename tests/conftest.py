@@ -1,0 +1,197 @@
+"""Shared fixtures: a throw-away user project (script + config/) run as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A user script in the README's shape. `train` reads knobs from the config so one script
+# serves many tests: `mode` picks a behaviour, `sleep` slows a trial down, `record_dir` makes
+# each trial write the config it received.
+DEFAULT_SCRIPT = '''
+import json, math, os, sys, time
+from hparam_search import hparam_search, current_trial
+
+
+@hparam_search(config_path="{config_path}", save_db_directory="{save_db_directory}")
+def train(config: dict) -> float:
+    info = current_trial()
+    if config.get("record_dir"):
+        os.makedirs(config["record_dir"], exist_ok=True)
+        name = f"{{info.number if info else 'direct'}}.json"
+        with open(os.path.join(config["record_dir"], name), "w") as f:
+            json.dump({{"config": config, "pid": os.getpid(),
+                       "info": info and {{"number": info.number, "rank": info.rank,
+                                         "n_jobs": info.n_jobs, "study": info.study_name,
+                                         "storage": info.storage}}}}, f)
+    mode = config.get("mode", "ok")
+    time.sleep(config.get("sleep", 0))
+    x = config["x"]
+    if mode == "raise" or (mode == "raise_negative" and x < 0):
+        raise ValueError(f"bad x {{x}}")
+    if mode == "nan":
+        return float("nan")
+    if mode == "string":
+        return "not a number"
+    if mode == "exit":
+        sys.exit(3)
+    return (x - 1.0) ** 2
+
+
+if __name__ == "__main__":
+    train()
+'''
+
+BASE_CONFIG: dict[str, Any] = {
+    "experiment_name": "exp",
+    "tag": "t",
+    "direction": "minimize",
+    "n_jobs": 2,
+    "n_trials": 6,
+    "n_startup_trials": 3,
+    "sweep_parameters": {"x": {"type": "float", "low": -5.0, "high": 5.0}},
+}
+
+
+class UserProject:
+    """A directory laid out as the README says: script.py, config/config.yaml, optuna_studies/."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.script = root / "script.py"
+
+    def write_script(self, body: str | None = None, *, config_path: str = "config.yaml",
+                     save_db_directory: str = "./optuna_studies", name: str = "script.py"
+                     ) -> Path:
+        text = body if body is not None else DEFAULT_SCRIPT.format(
+            config_path=config_path, save_db_directory=save_db_directory)
+        path = self.root / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def write_config(self, config: dict[str, Any] | str | None = None, name: str = "config.yaml",
+                     **changes: Any) -> Path:
+        if config is None or isinstance(config, dict):
+            data = dict(BASE_CONFIG if config is None else config)
+            data.update(changes)
+            text = yaml.safe_dump(data, sort_keys=False)
+        else:
+            text = textwrap.dedent(config)
+        path = self.root / "config" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.pop("HPARAM_SEARCH_DEBUG", None)
+        env.update(extra or {})
+        return env
+
+    def command(self, *args: str, script: Path | None = None) -> list[str]:
+        return [sys.executable, str(script or self.script), *args]
+
+    def run(self, *args: str, cwd: Path | None = None, timeout: float = 120,
+            script: Path | None = None, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(*args, script=script), cwd=cwd or self.root,
+                              env=self.env(env), capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def popen(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+              ) -> subprocess.Popen[str]:
+        # Its own session, like a terminal's foreground job: the test can signal the group.
+        return subprocess.Popen(self.command(*args), cwd=cwd or self.root, env=self.env(env),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True, stdin=subprocess.DEVNULL)
+
+    def db(self, study: str = "exp_t") -> Path:
+        return self.root / "optuna_studies" / f"{study}.db"
+
+    def trials(self, study: str = "exp_t") -> list[Any]:
+        import optuna
+
+        storage = optuna.storages.RDBStorage(f"sqlite:///{self.db(study)}")
+        try:
+            return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+        finally:
+            storage.engine.dispose()
+
+    def states(self, study: str = "exp_t") -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.trials(study):
+            out[t.state.name] = out.get(t.state.name, 0) + 1
+        return out
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> UserProject:
+    p = UserProject(tmp_path / "proj")
+    p.root.mkdir()
+    p.write_script()
+    p.write_config()
+    return p
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        # A zombie (exited, not yet reaped by its parent) is not running.
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+        except OSError:
+            continue
+        alive.append(pid)
+    return alive
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct child pids (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def kill_group(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,335 @@
+"""The real launcher, run as a user runs it: `python script.py` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import UserProject
+
+
+def configs_seen(record_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(record_dir.glob("*.json"))]
+
+
+def test_exact_trial_count_when_n_trials_is_not_a_multiple_of_n_jobs(project: UserProject) -> None:
+    project.write_config(n_jobs=3, n_trials=10)
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    trials = project.trials()
+    assert len(trials) == 10
+    assert sorted(t.number for t in trials) == list(range(10))
+    assert project.states() == {"COMPLETE": 10}
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_more_workers_than_trials_still_gives_exactly_n_trials(project: UserProject) -> None:
+    project.write_config(n_jobs=4, n_trials=2)
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    assert project.states() == {"COMPLETE": 2}
+
+
+def test_banner_trial_lines_and_summary(project: UserProject) -> None:
+    project.write_config(n_jobs=2, n_trials=4)
+    result = project.run()
+    out = result.stdout
+    db = project.db().resolve()
+    assert f"database   {db}" in out
+    assert f"optuna-dashboard sqlite:///{db}" in out
+    assert "4 to run, 4 in all" in out
+    trial_lines = [line for line in out.splitlines() if " trial " in line and "COMPLETE" in line]
+    assert len(trial_lines) == 4
+    assert all("worker" in line and "x=" in line and "value=" in line for line in trial_lines)
+    assert "[4/4]" in out
+    assert "Search finished in" in out and "COMPLETE 4" in out
+    best = min(project.trials(), key=lambda t: t.value)
+    assert f"Best trial {best.number} (minimize)" in out
+    assert "Resume or extend:  python" in out
+
+
+def test_train_receives_fixed_values_sampled_values_and_overrides(project: UserProject) -> None:
+    record = project.root / "seen"
+    project.write_config(n_jobs=2, n_trials=3, hidden_layers=8, record_dir=str(record))
+    result = project.run("--set", "model.first_layer.bias=False", "lr=1e-3")
+    assert result.returncode == 0, result.stderr
+    seen = configs_seen(record)
+    assert len(seen) == 3
+    for item in seen:
+        config = item["config"]
+        assert config["hidden_layers"] == 8
+        assert config["model"] == {"first_layer": {"bias": False}}
+        assert config["lr"] == 0.001
+        assert -5 <= config["x"] <= 5
+        assert "sweep_parameters" not in config
+        assert config["experiment_name"] == "exp" and config["n_trials"] == 3
+    by_number = {item["info"]["number"]: item for item in seen}
+    for t in project.trials():
+        assert by_number[t.number]["config"]["x"] == t.params["x"]
+        info = by_number[t.number]["info"]
+        assert info["n_jobs"] == 2 and info["study"] == "exp_t" and info["rank"] in (0, 1)
+        assert info["storage"] == f"sqlite:///{project.db().resolve()}"
+
+
+def test_yaml_file_is_not_rewritten_by_set(project: UserProject) -> None:
+    path = project.write_config(n_trials=2)
+    before = path.read_bytes()
+    assert project.run("--set", "n_trials=3", "tag=other").returncode == 0
+    assert path.read_bytes() == before
+    assert len(project.trials("exp_other")) == 3
+
+
+def test_calling_train_with_a_dict_runs_it_once_directly(project: UserProject) -> None:
+    script = project.write_script(name="direct.py", body="""
+        from script import train
+        print("value", train({"x": 3.0}))
+    """)
+    result = project.run(script=script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "value 4.0"
+    assert not project.db().exists()
+
+
+def test_resume_adds_nothing_when_done_and_extends_with_set(project: UserProject) -> None:
+    project.write_config(n_jobs=2, n_trials=5)
+    assert project.run().returncode == 0
+    again = project.run()
+    assert again.returncode == 0
+    assert "already has 5 finished trials" in again.stdout and "nothing to do" in again.stdout
+    assert len(project.trials()) == 5
+    extended = project.run("--set", "n_trials=8")
+    assert extended.returncode == 0, extended.stderr
+    assert "3 to run, 8 in all (resuming: 5 already finished)" in extended.stdout
+    assert project.states() == {"COMPLETE": 8}
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_start_method_set_by_the_user_script(project: UserProject, method: str) -> None:
+    project.write_script(body=f"""
+        import multiprocessing
+        from hparam_search import hparam_search
+
+        @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+        def train(config):
+            return config["x"] ** 2
+
+        if __name__ == "__main__":
+            multiprocessing.set_start_method("{method}")
+            train()
+    """)
+    project.write_config(n_jobs=2, n_trials=4)
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    assert f"2 ({method})" in result.stdout
+    assert project.states() == {"COMPLETE": 4}
+
+
+def test_start_method_from_yaml_and_default_is_spawn(project: UserProject) -> None:
+    project.write_config(n_jobs=2, n_trials=2)
+    assert "2 (spawn)" in project.run().stdout
+    assert "2 (fork)" in project.run("--set", "start_method=fork", "tag=f").stdout
+    assert len(project.trials("exp_f")) == 2
+
+
+def test_paths_are_relative_to_the_script_not_the_working_directory(project: UserProject,
+                                                                      tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    project.write_config(n_trials=2)
+    result = project.run(cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert project.db().exists()
+    assert not (elsewhere / "optuna_studies").exists()
+    # --config: a path relative to the working directory, then a name in config/.
+    other = project.write_config(name="other.yaml", tag="other", n_trials=1)
+    assert project.run("--config", str(other), cwd=elsewhere).returncode == 0
+    assert project.run("--config", "other.yaml", "--set", "tag=byname", cwd=elsewhere
+                       ).returncode == 0
+    assert len(project.trials("exp_other")) == 1 and len(project.trials("exp_byname")) == 1
+
+
+def test_absolute_config_and_db_paths(project: UserProject, tmp_path: Path) -> None:
+    cfg = tmp_path / "abs.yaml"
+    cfg.write_text((project.root / "config" / "config.yaml").read_text())
+    dbdir = tmp_path / "dbs"
+    project.write_script(config_path=str(cfg), save_db_directory=str(dbdir))
+    result = project.run("--set", "n_trials=1")
+    assert result.returncode == 0, result.stderr
+    assert (dbdir / "exp_t.db").exists()
+
+
+def test_exception_in_train_prunes_the_trial_and_records_it(project: UserProject) -> None:
+    project.write_config(n_jobs=2, n_trials=8, mode="raise_negative", fail_fast=0,
+                         n_startup_trials=8)
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    trials = project.trials()
+    assert len(trials) == 8
+    for t in trials:
+        if t.params["x"] < 0:
+            assert t.state.name == "PRUNED"
+            assert t.user_attrs["error"] == f"ValueError: bad x {t.params['x']}"
+            assert "Traceback" in t.user_attrs["traceback"]
+            assert "raise ValueError" in t.user_attrs["traceback"]
+            assert f"trial {t.number} PRUNED ValueError: bad x" in result.stdout
+        else:
+            assert t.state.name == "COMPLETE"
+
+
+def test_nan_return_prunes_with_reason(project: UserProject) -> None:
+    project.write_config(n_jobs=1, n_trials=2, mode="nan")
+    result = project.run()
+    assert result.returncode == 0
+    assert [t.state.name for t in project.trials()] == ["PRUNED", "PRUNED"]
+    assert all(t.user_attrs["prune_reason"] == "train returned nan" for t in project.trials())
+    assert "PRUNED train returned nan" in result.stdout
+
+
+def test_sys_exit_in_train_prunes_and_goes_on(project: UserProject) -> None:
+    project.write_config(n_jobs=1, n_trials=2, mode="exit", fail_fast=0)
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    assert project.states() == {"PRUNED": 2}
+    assert project.trials()[0].user_attrs["error"] == "train called sys.exit(3)"
+
+
+def test_non_numeric_return_is_a_clear_error(project: UserProject) -> None:
+    project.write_config(n_jobs=1, n_trials=3, mode="string")
+    result = project.run()
+    assert result.returncode == 1
+    assert "error: train: train returned str 'not a number', not a number. Return the metric " \
+           "to optimise as a float" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert project.trials()[0].state.name == "FAIL"
+
+
+def test_fail_fast_stops_a_search_whose_every_trial_raises(project: UserProject) -> None:
+    project.write_config(n_jobs=2, n_trials=50, mode="raise")
+    result = project.run()
+    assert result.returncode == 1
+    assert "error: the first 5 finished trials all raised an exception" in result.stderr
+    assert "raise ValueError(f\"bad x" in result.stderr  # the first failure's traceback
+    finished = [t for t in project.trials() if t.state.name in ("COMPLETE", "PRUNED")]
+    assert 5 <= len(finished) < 50
+    assert "RUNNING" not in project.states()
+
+
+def test_fail_fast_zero_searches_on(project: UserProject) -> None:
+    project.write_config(n_jobs=2, n_trials=7, mode="raise", fail_fast=0)
+    result = project.run()
+    assert result.returncode == 0
+    assert project.states() == {"PRUNED": 7}
+
+
+def test_direction_mismatch_with_existing_study(project: UserProject) -> None:
+    project.write_config(n_trials=2)
+    assert project.run().returncode == 0
+    before = project.db().read_bytes()
+    result = project.run("--set", "direction=maximize", "n_trials=4")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: direction: the study 'exp_t' already exists with direction minimize (got "
+        "'maximize'). Use the same direction, or pick a new tag (--set tag=...) for a new study.")
+    assert len(project.trials()) == 2
+    assert project.db().read_bytes() == before
+
+
+@pytest.mark.parametrize("args, text, message", [
+    ((), "experiment_name: exp\ntag: t\nn_trials: 3\nn_jobs: 0\n",
+     "error: config/config.yaml:4: n_jobs: must be an integer >= 1 (or -1 for one worker per "
+     "CPU core) (got 0)."),
+    ((), "experiment_name: exp\ntag: t\nn_trails: 3\n",
+     "error: config/config.yaml:3: n_trails: unknown study setting. Did you mean 'n_trials'?"),
+    (("--set", "n_trials=abc"), None,
+     "error: command line (--set n_trials=abc): n_trials: must be an integer >= 1 (got 'abc')."),
+    (("--set", "tag.y=1"), None,
+     "error: command line: --set tag.y=1: tag is a str, not a mapping, so it has no key 'y'. Set "
+     "tag itself, e.g. --set tag=..."),
+])
+def test_bad_input_is_one_clear_line_and_leaves_the_study_alone(
+        project: UserProject, args: tuple, text: str | None, message: str) -> None:
+    assert project.run("--set", "n_trials=2").returncode == 0
+    before = project.db().read_bytes()
+    if text:
+        project.write_config(text)
+    result = project.run(*args, cwd=project.root)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == message
+    assert project.db().read_bytes() == before
+
+
+def test_debug_env_shows_the_traceback(project: UserProject) -> None:
+    project.write_config("experiment_name: exp\ntag: t\nn_trials: 0\n")
+    result = project.run(env={"HPARAM_SEARCH_DEBUG": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "HparamSearchError" in result.stderr
+
+
+def test_missing_config_file_names_what_is_there(project: UserProject) -> None:
+    project.write_config(name="other.yaml")
+    (project.root / "config" / "config.yaml").unlink()
+    result = project.run()
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: config/config.yaml: config file not found. A relative config_path is looked up "
+        "in config/ beside your script; it holds: other.yaml. Pick one with --config NAME.")
+
+
+def test_unguarded_train_call_is_explained(project: UserProject) -> None:
+    project.write_script(body="""
+        from hparam_search import hparam_search
+
+        @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+        def train(config):
+            return 1.0
+
+        train()
+    """)
+    project.write_config(n_jobs=1, n_trials=1)
+    result = project.run(timeout=60)
+    assert result.returncode != 0
+    assert "train() was called while a worker process imported your script" in result.stdout + \
+        result.stderr
+
+
+def test_seeded_sequential_runs_reproduce_and_parallel_workers_differ(
+        project: UserProject) -> None:
+    project.write_config(n_jobs=1, n_trials=6, seed=42, n_startup_trials=3)
+    assert project.run("--set", "tag=a").returncode == 0
+    assert project.run("--set", "tag=b").returncode == 0
+    xs_a = [t.params["x"] for t in sorted(project.trials("exp_a"), key=lambda t: t.number)]
+    xs_b = [t.params["x"] for t in sorted(project.trials("exp_b"), key=lambda t: t.number)]
+    assert xs_a == xs_b
+    assert project.run("--set", "tag=p", "n_jobs=2", "n_trials=8", "n_startup_trials=8"
+                       ).returncode == 0
+    xs = [t.params["x"] for t in project.trials("exp_p")]
+    assert len(set(xs)) == len(xs) == 8
+
+
+def test_trials_record_host_pid_and_rank(project: UserProject) -> None:
+    project.write_config(n_jobs=2, n_trials=4)
+    assert project.run().returncode == 0
+    for t in project.trials():
+        owner = t.system_attrs["hparam_search:owner"]
+        assert owner["host"] == socket.gethostname()
+        assert owner["rank"] in (0, 1) and owner["pid"] > 0
+
+
+def test_sqlite_is_tuned_for_concurrent_readers(project: UserProject) -> None:
+    project.write_config(n_trials=1)
+    assert project.run().returncode == 0
+    with sqlite3.connect(project.db()) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_values_stored_match_what_train_returned(project: UserProject) -> None:
+    project.write_config(n_jobs=2, n_trials=4)
+    assert project.run().returncode == 0
+    for t in project.trials():
+        assert math.isclose(t.value, (t.params["x"] - 1.0) ** 2)

@@ -19,7 +19,8 @@ EXIT_OK = 0
 EXIT_SEARCH_FAILED = 1
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
-STOP_GRACE_S = 2.5  # workers get SIGTERM, then SIGKILL after this; total stop stays under 3 s
+STOP_GRACE_S = 2.5
+RECHECK_S = 1.0  # how often to look again while other processes hold the last slots  # workers get SIGTERM, then SIGKILL after this; total stop stays under 3 s
 
 
 @dataclass(frozen=True)
@@ -227,15 +228,25 @@ class Launcher:
         self._start(slot.rank, slot.generation + 1)
 
     def _restart_if_short(self) -> bool:
-        """All workers left but the budget is not met (a last trial failed after the others had
-        found no free slot): start another round. False when the search is complete."""
-        remaining = self.cfg.n_trials - st.finished(self._counts())
-        if remaining <= 0 or not self.accepting:
-            return False
-        generation = max(s.generation for s in self.slots) + 1
-        for rank in range(min(self.cfg.n_jobs, remaining)):
-            self._start(rank, generation)
-        return True
+        """All workers left but the budget is not met: a trial failed after the others had found
+        no free slot, or trials are still running elsewhere (another launcher, a process that
+        died). Start another round when a slot is free, wait while others hold the slots.
+        False when the search is complete."""
+        while self.accepting:
+            st.fail_trials_of(self.storage, self.study._study_id, None,
+                              "its process died while the search ran")
+            counts = self._counts()
+            remaining = self.cfg.n_trials - st.finished(counts)
+            if remaining <= 0:
+                return False
+            free = self.cfg.n_trials - st.claimed(counts)
+            if free > 0:
+                generation = max(s.generation for s in self.slots) + 1
+                for rank in range(min(self.cfg.n_jobs, free)):
+                    self._start(rank, generation)
+                return True
+            time.sleep(RECHECK_S)
+        return False
 
     # -- stopping ------------------------------------------------------------------------
     def _terminate_live(self) -> None:

@@ -162,16 +162,29 @@ class Owner:
             return False
         except PermissionError:
             pass
-        return self.started is None or _process_start(self.pid) in (None, self.started)
+        stat = _proc_stat(self.pid)
+        if stat is None:  # no /proc (macOS): the pid exists, trust it
+            return True
+        state, started = stat
+        # A zombie has exited (where no init reaps orphans, it lingers); a different start
+        # time means the pid was reused by another process.
+        return state != "Z" and (self.started is None or started == self.started)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) from /proc, or None where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # The command name (field 2) may hold spaces, so split after its closing ')'.
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _process_start(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            # Field 22 (starttime); the command name (field 2) may hold spaces, so split after ')'.
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
 
 
 def fail_trial(storage: RDBStorage, trial_id: int, reason: str) -> bool:

@@ -176,6 +176,19 @@ def pids_alive(pids: list[int]) -> list[int]:
     return alive
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The launcher's worker processes (not multiprocessing's resource tracker)."""
+    out = []
+    for child in children_of(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" not in cmdline:
+            out.append(child)
+    return out
+
+
 def children_of(pid: int) -> list[int]:
     """Direct child pids (Linux /proc)."""
     out = []

@@ -82,7 +82,7 @@ def main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
     state = _State()
     try:
         train = resolve_train(spec.module, spec.qualname)
-        import optuna  # noqa: F401 - import while the launcher creates the study
+        _preload()
 
         _watch_launcher(state)
         conn.send(("ready",))
@@ -104,10 +104,29 @@ def main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
     _leave(EXIT_DONE)
 
 
+# What the trial loop imports: a forkserver imports these once for every worker.
+PRELOAD = ("optuna.samplers", "sqlalchemy.orm", "hparam_search._fast_sqlite")
+
+
+def _preload() -> None:
+    """Import what the trial loop needs while the launcher is still creating the study."""
+    for name in PRELOAD:
+        importlib.import_module(name)
+    import sqlalchemy.orm
+
+    sqlalchemy.orm.configure_mappers()  # otherwise done by the first query, after "go"
+
+
 def _leave(code: int) -> None:
-    # A late SIGTERM must not interrupt the interpreter's own shutdown with a traceback.
+    """Exit at once: everything is committed, and tearing the interpreter down (modules,
+    finalizers) only delays the launcher's exit. A late SIGTERM cannot interrupt it either."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 class _State:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,9 @@ class Launcher:
         self.cfg = plan.config
         self.out = console or Console()
         self.ctx = multiprocessing.get_context(plan.start_method)
+        if plan.start_method == "forkserver":
+            # The server imports the script and these once; each worker is then a cheap fork.
+            self.ctx.set_forkserver_preload(["__main__", *_worker.PRELOAD])
         self.slots: list[_Slot] = []
         self.storage: Any = None
         self.study: Any = None
@@ -81,11 +85,14 @@ class Launcher:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_terminated)
         code, headline = EXIT_OK, "Search finished"
+        starter = _Starter(self, min(self.cfg.n_jobs, self.cfg.n_trials))
         try:
-            # Workers import their (possibly heavy) modules while the parent opens the study.
-            for rank in range(min(self.cfg.n_jobs, self.cfg.n_trials)):
-                self._start(rank, generation=0)
-            if not self._prepare_study():
+            # Workers import their (possibly heavy) modules while the parent opens the study;
+            # with forkserver, starting them blocks until the server has imported the script.
+            starter.start()
+            ready = self._prepare_study()
+            starter.finish()
+            if not ready:
                 return EXIT_OK
             self._watch()
             if self.fatal:
@@ -95,6 +102,7 @@ class Launcher:
         except _Terminated:
             code, headline = EXIT_SIGTERM, "Search terminated (SIGTERM)"
         finally:
+            starter.join()
             self._stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -286,6 +294,39 @@ class Launcher:
                          direction=self.cfg.direction, wall_s=wall_s,
                          dashboard=st.dashboard_command(self.plan.url),
                          resume=self.plan.resume_command)
+
+
+class _Starter(threading.Thread):
+    """Starts the first workers beside the main thread, which meanwhile opens the study."""
+
+    def __init__(self, launcher: Launcher, count: int) -> None:
+        super().__init__(name="hparam-search-starter", daemon=True)
+        self.launcher, self.count = launcher, count
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        # Only forkserver blocks on start; fork must never run beside another thread (a lock
+        # held there, such as the import lock, would stay locked in the child forever).
+        if self.launcher.plan.start_method == "forkserver":
+            super().start()
+        else:
+            self.run()
+
+    def run(self) -> None:
+        try:
+            for rank in range(self.count):
+                self.launcher._start(rank, generation=0)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by finish()
+            self.error = exc
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.ident is not None:
+            super().join(timeout)
+
+    def finish(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

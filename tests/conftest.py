@@ -131,6 +131,14 @@ class UserProject:
         finally:
             storage.engine.dispose()
 
+    def dump(self, study: str = "exp_t") -> list[str]:
+        """Everything stored in the study file, as SQL: compares content, not page layout
+        (a checkpoint of the write-ahead log rewrites pages without changing anything)."""
+        import sqlite3
+
+        with sqlite3.connect(self.db(study)) as conn:
+            return list(conn.iterdump())
+
     def states(self, study: str = "exp_t") -> dict[str, int]:
         out: dict[str, int] = {}
         for t in self.trials(study):
@@ -177,14 +185,19 @@ def pids_alive(pids: list[int]) -> list[int]:
 
 
 def worker_pids(pid: int) -> list[int]:
-    """The launcher's worker processes (not multiprocessing's resource tracker)."""
+    """The launcher's worker processes: its children, or under forkserver the server's
+    children; not multiprocessing's resource tracker or fork server themselves."""
     out = []
     for child in children_of(pid):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"resource_tracker" not in cmdline:
+        if b"resource_tracker" in cmdline:
+            continue
+        if b"forkserver" in cmdline:
+            out.extend(children_of(child))
+        else:
             out.append(child)
     return out
 

@@ -6,6 +6,7 @@ import json
 import math
 import socket
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,9 +130,10 @@ def test_start_method_set_by_the_user_script(project: UserProject, method: str) 
     assert project.states() == {"COMPLETE": 4}
 
 
-def test_start_method_from_yaml_and_default_is_spawn(project: UserProject) -> None:
+def test_start_method_from_yaml_and_default_is_forkserver_on_linux(project: UserProject) -> None:
     project.write_config(n_jobs=2, n_trials=2)
-    assert "2 (spawn)" in project.run().stdout
+    default = "forkserver" if sys.platform.startswith("linux") else "spawn"
+    assert f"2 ({default})" in project.run().stdout
     assert "2 (fork)" in project.run("--set", "start_method=fork", "tag=f").stdout
     assert len(project.trials("exp_f")) == 2
 
@@ -229,14 +231,14 @@ def test_fail_fast_zero_searches_on(project: UserProject) -> None:
 def test_direction_mismatch_with_existing_study(project: UserProject) -> None:
     project.write_config(n_trials=2)
     assert project.run().returncode == 0
-    before = project.db().read_bytes()
+    before = project.dump()
     result = project.run("--set", "direction=maximize", "n_trials=4")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: direction: the study 'exp_t' already exists with direction minimize (got "
         "'maximize'). Use the same direction, or pick a new tag (--set tag=...) for a new study.")
     assert len(project.trials()) == 2
-    assert project.db().read_bytes() == before
+    assert project.dump() == before
 
 
 @pytest.mark.parametrize("args, text, message", [
@@ -254,14 +256,14 @@ def test_direction_mismatch_with_existing_study(project: UserProject) -> None:
 def test_bad_input_is_one_clear_line_and_leaves_the_study_alone(
         project: UserProject, args: tuple, text: str | None, message: str) -> None:
     assert project.run("--set", "n_trials=2").returncode == 0
-    before = project.db().read_bytes()
+    before = project.dump()
     if text:
         project.write_config(text)
     result = project.run(*args, cwd=project.root)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == message
-    assert project.db().read_bytes() == before
+    assert project.dump() == before
 
 
 def test_debug_env_shows_the_traceback(project: UserProject) -> None:

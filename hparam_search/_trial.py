@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 ERROR_ATTR = "error"
 TRACEBACK_ATTR = "traceback"
 PRUNE_REASON_ATTR = "prune_reason"
+METRIC_ATTR_PREFIX = "metric."
 
 
 class Interrupted(BaseException):
@@ -37,7 +38,46 @@ class TrialInfo:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Objective:
+    """How to read train's return value: one number, a dict with a named metric, or several."""
+
+    directions: tuple[str, ...] = ("minimize",)
+    metric: str | None = None
+    metrics: tuple[str, ...] = ()
+
+
 _current: TrialInfo | None = None
+_optuna_trial: Any = None  # the running optuna.Trial, for report() and should_prune()
+_last_step: int | None = None
+
+
+def report(value: float, step: int) -> None:
+    """Record an intermediate value (e.g. the validation loss after epoch ``step``) and stop
+    the trial if the configured pruner says so.
+
+    Stopping works by raising :class:`optuna.TrialPruned` (also available as
+    ``hparam_search.TrialPruned``) out of ``report``: put clean-up in ``finally`` or a ``with``
+    block. The trial is recorded as PRUNED with its last reported value. Outside a search
+    (``train({...})``) this does nothing.
+    """
+    global _last_step
+    trial = _optuna_trial
+    if trial is None:
+        return
+    trial.report(value, step)
+    _last_step = step
+    if trial.should_prune():
+        import optuna
+
+        raise optuna.TrialPruned(f"pruned at step {step}")
+
+
+def should_prune() -> bool:
+    """Whether the pruner would stop this trial now, for manual control: check it after
+    ``report`` and return (or raise ``TrialPruned``) yourself. False outside a search."""
+    trial = _optuna_trial
+    return bool(trial is not None and trial.should_prune())
 
 
 def current_trial() -> TrialInfo | None:
@@ -54,7 +94,7 @@ class TrialResult:
 
     number: int
     state: str  # COMPLETE, PRUNED or FAIL
-    value: float | None
+    value: float | list[float] | None
     params: dict[str, Any]
     duration_s: float
     rank: int
@@ -63,31 +103,40 @@ class TrialResult:
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], Any],
-              fixed: Mapping[str, Any], params: tuple[ParamSpec, ...], info: TrialInfo
-              ) -> TrialResult:
+              fixed: Mapping[str, Any], params: tuple[ParamSpec, ...], info: TrialInfo,
+              objective: Objective = Objective(), pruner_name: str = "pruner") -> TrialResult:
     """Sample, call ``train``, tell the study. An exception in ``train`` prunes the trial.
 
     Raises:
-        HparamSearchError: train returned something that is not a number (the trial is
-            marked FAIL first).
+        HparamSearchError: train returned something that does not fit the objective (the
+            trial is marked FAIL first).
         Interrupted, KeyboardInterrupt: passed through; the caller decides the trial's fate.
     """
+    import optuna
     from optuna.trial import TrialState
 
-    global _current
+    global _current, _optuna_trial, _last_step
     values = suggest(trial, params)
     config = merge_params(fixed, values)
     _current = TrialInfo(trial.number, info.rank, info.n_jobs, info.study_name, info.storage,
                          values)
+    _optuna_trial, _last_step = trial, None
     start = time.perf_counter()
 
-    def result(state: str, value: float | None = None, reason: str | None = None,
+    def result(state: str, value: Any = None, reason: str | None = None,
                tb: str | None = None) -> TrialResult:
         return TrialResult(trial.number, state, value, values, time.perf_counter() - start,
                            info.rank, reason, tb)
 
     try:
         returned = train(config)
+    except optuna.TrialPruned:
+        step = _last_step
+        reason = f"stopped by the {pruner_name} pruner" + (f" at step {step}" if step is not None
+                                                           else "")
+        trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+        study.tell(trial, state=TrialState.PRUNED)
+        return result("PRUNED", reason=reason)
     except SystemExit as exc:
         reason, tb = f"train called sys.exit({exc.code!r})", traceback.format_exc()
         return _prune(study, trial, result, reason, tb)
@@ -95,21 +144,70 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], 
         reason, tb = f"{type(exc).__name__}: {exc}", traceback.format_exc()
         return _prune(study, trial, result, reason, tb)
     finally:
-        _current = None
+        _current = _optuna_trial = None
 
-    value = _as_number(returned)
-    if value is None:
-        reason = f"train returned {type(returned).__name__} {returned!r:.80}, not a number"
+    try:
+        numbers, extra = read_values(returned, objective)
+    except HparamSearchError:
         study.tell(trial, state=TrialState.FAIL)
-        raise HparamSearchError(
-            reason, key=getattr(train, "__qualname__", "train"),
-            fix="Return the metric to optimise as a float, e.g. 'return val_loss'.")
-    if not math.isfinite(value):
-        trial.set_user_attr(PRUNE_REASON_ATTR, f"train returned {value}")
+        raise
+    for name, number in extra.items():
+        trial.set_user_attr(f"{METRIC_ATTR_PREFIX}{name}", number)
+    bad = [v for v in numbers if not math.isfinite(v)]
+    if bad:
+        reason = f"train returned {bad[0]}"
+        trial.set_user_attr(PRUNE_REASON_ATTR, reason)
         study.tell(trial, state=TrialState.PRUNED)
-        return result("PRUNED", reason=f"train returned {value}")
-    study.tell(trial, value)
-    return result("COMPLETE", value)
+        return result("PRUNED", reason=reason)
+    study.tell(trial, numbers if len(numbers) > 1 else numbers[0])
+    return result("COMPLETE", numbers if len(numbers) > 1 else numbers[0])
+
+
+def read_values(returned: Any, objective: Objective) -> tuple[list[float], dict[str, float]]:
+    """The objective value(s) in ``returned``, and every other number a returned dict holds.
+
+    Raises:
+        HparamSearchError: the return value does not fit the objective.
+    """
+    n = len(objective.directions)
+    names = objective.metrics or ((objective.metric,) if objective.metric else ())
+    fix = ("Return the metric to optimise as a float, e.g. 'return val_loss'." if n == 1 else
+           f"Return {n} numbers (a tuple or list, in the order of 'directions'), or a dict with "
+           f"the keys named by 'metrics'.")
+    if isinstance(returned, Mapping):
+        if not names:
+            keys = ", ".join(map(str, returned)) or "none"
+            raise HparamSearchError(
+                f"train returned a dict (keys: {keys}) but the config does not say which entry "
+                f"to optimise", key="metric" if n == 1 else "metrics",
+                fix="Add 'metric: <key>' (or 'metrics: [...]' with several directions).")
+        missing = [m for m in names if m not in returned]
+        if missing:
+            raise HparamSearchError(
+                f"train's returned dict has no {', '.join(map(repr, missing))} "
+                f"(keys: {', '.join(map(str, returned))})", key="metric" if n == 1 else "metrics",
+                fix="Return that key, or name another in the config.")
+        raw = [returned[m] for m in names]
+        extra = {str(k): _as_number(v) for k, v in returned.items() if k not in names}
+        extras = {k: v for k, v in extra.items() if v is not None}
+    elif n > 1:
+        if not isinstance(returned, (list, tuple)) or len(returned) != n:
+            raise HparamSearchError(
+                f"train returned {_describe(returned)}; this study has {n} objectives",
+                key="directions", fix=fix)
+        raw, extras = list(returned), {}
+    else:
+        raw, extras = [returned], {}
+    numbers = [_as_number(v) for v in raw]
+    for value, number in zip(raw, numbers):
+        if number is None:
+            raise HparamSearchError(f"train returned {_describe(value)}, not a number",
+                                    key="train", fix=fix)
+    return [float(v) for v in numbers if v is not None], extras
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r:.80}"
 
 
 def _prune(study: optuna.Study, trial: optuna.Trial, result: Callable[..., TrialResult],

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import _trial, storage as st
 from .errors import HparamSearchError
+from .sampling import PrunerSpec, SamplerSpec, build_pruner, build_sampler
 from .space import ParamSpec
 
 EXIT_DONE = 0
@@ -42,8 +43,9 @@ class WorkerSpec:
     params: tuple[ParamSpec, ...]
     n_trials: int
     n_jobs: int
-    n_startup_trials: int
-    seed: int | None
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    objective: _trial.Objective
     fail_fast: int
     rank: int
     generation: int
@@ -52,10 +54,11 @@ class WorkerSpec:
 
 def worker_seed(spec: WorkerSpec) -> int | None:
     """Distinct per worker (and per replacement and resume), reproducible for a fresh study."""
-    if spec.seed is None:
+    seed = spec.sampler.seed
+    if seed is None:
         return None
     slot = spec.generation * spec.n_jobs + spec.rank
-    return (spec.seed + _SEED_STRIDE * slot + 7919 * spec.resumed_from) % 2**32
+    return (seed + _SEED_STRIDE * slot + 7919 * spec.resumed_from) % 2**32
 
 
 def resolve_train(module: str, qualname: str) -> Callable[[dict], Any]:
@@ -94,6 +97,7 @@ def main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
         study = _load_study(spec, storage)
         _loop(spec, study, storage, train, conn, state)
     except HparamSearchError as exc:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher may be stopping us already
         _send(conn, ("fatal", str(exc)))
         _leave(EXIT_FATAL)
     except (_trial.Interrupted, KeyboardInterrupt, EOFError, BrokenPipeError):
@@ -167,13 +171,16 @@ def _watch_launcher(state: _State) -> None:
 
 
 def _load_study(spec: WorkerSpec, storage: Any) -> Any:
+    import warnings
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(
-        n_startup_trials=spec.n_startup_trials, seed=worker_seed(spec),
-        constant_liar=spec.n_jobs > 1)
-    return optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler)
+    # Samplers such as gp and qmc are marked experimental; the user chose them knowingly.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna.load_study(study_name=spec.study_name, storage=storage,
+                             sampler=build_sampler(spec.sampler, seed=worker_seed(spec)),
+                             pruner=build_pruner(spec.pruner))
 
 
 def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], Any],
@@ -184,12 +191,13 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
     while True:
         with st.budget_lock(spec.url):
             if st.claimed(st.state_counts(storage, study_id)) >= spec.n_trials:
-                return
+                return  # ask() below takes a WAITING trial first, if there is one
             trial = study.ask()
             with state.lock:
                 state.trial_id = trial._trial_id
             storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, owner)
-        result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info)
+        result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info,
+                                  spec.objective, spec.pruner.type)
         with state.lock:
             state.trial_id = None
         conn.send(("trial", result))

@@ -13,7 +13,8 @@ import yaml
 from ._yaml import DuplicateKey, load_with_lines
 from .errors import COMMAND_LINE, HparamSearchError, did_you_mean
 from .overrides import Override, apply_overrides, parse_override
-from .space import ParamSpec, parse_sweep
+from .sampling import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler
+from .space import ParamSpec, check_explicit, grid_points, parse_sweep
 
 SWEEP_KEY = "sweep_parameters"
 DIRECTIONS = ("minimize", "maximize")
@@ -28,7 +29,7 @@ class SearchConfig:
     path: Path
     experiment_name: str
     tag: str
-    direction: str
+    directions: tuple[str, ...]
     n_jobs: int
     n_trials: int
     n_startup_trials: int
@@ -38,10 +39,23 @@ class SearchConfig:
     params: tuple[ParamSpec, ...]
     fixed: dict[str, Any] = field(hash=False)
     overrides: tuple[str, ...] = ()
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    metric: str | None = None  # the key of a returned dict that is the objective
+    metrics: tuple[str, ...] = ()  # names of the objectives, in order (several objectives)
+    explicit: tuple[dict[str, Any], ...] = ()  # trials run first, once each: grid or enqueue
 
     @property
     def study_name(self) -> str:
         return f"{self.experiment_name}_{self.tag}"
+
+    @property
+    def direction(self) -> str:
+        return ", ".join(self.directions)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.directions) > 1
 
 
 # name -> (required, default). The checks themselves are in _validate_settings.
@@ -49,12 +63,18 @@ SETTINGS: dict[str, tuple[bool, Any]] = {
     "experiment_name": (True, None),
     "tag": (True, None),
     "direction": (False, "minimize"),
+    "directions": (False, None),
+    "metric": (False, None),
+    "metrics": (False, None),
     "n_jobs": (False, 1),
-    "n_trials": (True, None),
+    "n_trials": (False, None),  # required, except that a grid defaults it to its size
     "n_startup_trials": (False, 10),
     "seed": (False, None),
     "fail_fast": (False, 5),
     "start_method": (False, None),
+    "sampler": (False, None),
+    "pruner": (False, None),
+    "enqueue": (False, None),
 }
 
 
@@ -108,19 +128,73 @@ def load_config(path: Path, set_args: list[str] | tuple[str, ...] = (),
     locate = _locator(source, lines, overrides)
     settings = _validate_settings(data, locate)
 
-    sweep_raw = data.get(SWEEP_KEY)
-    params = parse_sweep(sweep_raw, locate)
+    params = parse_sweep(data.get(SWEEP_KEY), locate)
     # `--set lr=0.01` on a swept parameter pins it: the user asked for that value.
     pinned = {ov.key for ov in overrides}
     params = tuple(p for p in params if p.name not in pinned)
     fixed = {k: v for k, v in data.items() if k != SWEEP_KEY}
     _check_collisions(params, fixed, locate)
-    return SearchConfig(path=path, params=params, fixed=fixed,
-                        overrides=tuple(set_args), **settings)
+    sampler, pruner = _search(data, settings, locate)
+    explicit = _explicit(data, settings, params, sampler, locate)
+    return SearchConfig(path=path, params=params, fixed=fixed, overrides=tuple(set_args),
+                        sampler=sampler, pruner=pruner, explicit=explicit, **settings)
 
 
-def _locator(source: str, lines: dict[str, int], overrides: list[Override]
-             ) -> Callable[[str], tuple[str, int | None]]:
+def _search(data: dict[str, Any], settings: dict[str, Any], locate: Locate
+            ) -> tuple[SamplerSpec, PrunerSpec]:
+    n_startup, seed, n_jobs = settings["n_startup_trials"], settings["seed"], settings["n_jobs"]
+    if data.get("sampler") is None:
+        # The default needs no Optuna import, which keeps the launcher's start fast.
+        options: dict[str, Any] = {"n_startup_trials": n_startup}
+        if n_jobs > 1:
+            options["constant_liar"] = True
+        sampler = SamplerSpec("tpe", options, seed)
+    else:
+        sampler = parse_sampler(data["sampler"], locate, n_startup_trials=n_startup, seed=seed,
+                                n_jobs=n_jobs)
+    pruner = parse_pruner(data.get("pruner"), locate)
+    if pruner.type != "none" and len(settings["directions"]) > 1:
+        src, line = locate("pruner")
+        raise HparamSearchError("pruning works with one objective only", source=src,
+                                key="pruner", line=line, fix="Remove 'pruner:' or use one direction.")
+    return sampler, pruner
+
+
+def _explicit(data: dict[str, Any], settings: dict[str, Any], params: tuple[ParamSpec, ...],
+              sampler: SamplerSpec, locate: Locate) -> tuple[dict[str, Any], ...]:
+    """The grid's points or the enqueue list; fills in n_trials for a grid."""
+    def fail(key: str, problem: str, got: Any = _MISSING, fix: str | None = None) -> None:
+        src, line = locate(key)
+        raise HparamSearchError(problem, source=src, key=key, line=line, got=got, fix=fix)
+
+    n_trials = settings["n_trials"]
+    if sampler.type == "grid":
+        if data.get("enqueue") is not None:
+            fail("enqueue", "a grid already lists every trial", fix="Drop enqueue, or the grid.")
+        if not params:
+            fail(SWEEP_KEY, "a grid needs sweep_parameters")
+        points = tuple(grid_points(params, locate))
+        if n_trials is None:
+            settings["n_trials"] = len(points)
+        elif n_trials > len(points):
+            fail("n_trials", f"is more than the grid's {len(points)} points", n_trials,
+                 f"Drop n_trials (it defaults to the grid size), or set it <= {len(points)}.")
+        return points[: settings["n_trials"]]
+    if n_trials is None:
+        fail("n_trials", "missing required setting", fix="Add 'n_trials: ...' to the file.")
+    if data.get("enqueue") is None:
+        return ()
+    entries = check_explicit(params, data["enqueue"], locate)
+    if len(entries) > n_trials:
+        fail("enqueue", f"lists {len(entries)} trials, more than n_trials ({n_trials})",
+             fix="Raise n_trials or shorten the list.")
+    return entries
+
+
+Locate = Callable[[str], "tuple[str, int | None]"]
+
+
+def _locator(source: str, lines: dict[str, int], overrides: list[Override]) -> Locate:
     def locate(key: str) -> tuple[str, int | None]:
         for ov in reversed(overrides):
             if key == ov.key or key.startswith(ov.key + ".") or ov.key.startswith(key + "."):
@@ -168,9 +242,33 @@ def _validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, 
                  "Use letters, digits, '-' and '_'.")
         out[key] = value
 
-    if out["direction"] not in DIRECTIONS:
-        fail("direction", "must be minimize or maximize", out["direction"],
-             did_you_mean(str(out["direction"]), DIRECTIONS) or None)
+    if out["directions"] is None:
+        if out["direction"] not in DIRECTIONS:
+            fail("direction", "must be minimize or maximize", out["direction"],
+                 did_you_mean(str(out["direction"]), DIRECTIONS) or None)
+        out["directions"] = (out["direction"],)
+    else:
+        if "direction" in data:
+            fail("directions", "give either direction (one objective) or directions (several), "
+                 "not both", fix="Remove 'direction'.")
+        dirs = out["directions"]
+        if not isinstance(dirs, list) or not dirs or any(d not in DIRECTIONS for d in dirs):
+            fail("directions", "must be a list of minimize/maximize, one per objective", dirs,
+                 "Write e.g. 'directions: [minimize, maximize]'.")
+        out["directions"] = tuple(dirs)
+    del out["direction"]
+    n_obj = len(out["directions"])
+    metric, metrics = out["metric"], out["metrics"]
+    if metric is not None and (not isinstance(metric, str) or n_obj > 1):
+        fail("metric", "must be the name of one returned value, with one objective", metric,
+             "With several objectives, use 'metrics: [name, ...]'.")
+    if metrics is None:
+        out["metrics"] = ()
+    elif (not isinstance(metrics, list) or len(metrics) != n_obj
+          or not all(isinstance(m, str) for m in metrics) or len(set(metrics)) != n_obj):
+        fail("metrics", f"must list {n_obj} distinct names, one per direction", metrics)
+    else:
+        out["metrics"] = tuple(metrics)
 
     def integer(key: str, minimum: int, extra: str = "") -> None:
         value = out[key]
@@ -182,7 +280,8 @@ def _validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, 
         out["n_jobs"] = _cpu_count()
     else:
         integer("n_jobs", 1, " (or -1 for one worker per CPU core)")
-    integer("n_trials", 1)
+    if out["n_trials"] is not None:
+        integer("n_trials", 1)
     integer("n_startup_trials", 0)
     integer("fail_fast", 0, " (0 turns it off)")
     seed = out["seed"]
@@ -190,6 +289,8 @@ def _validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, 
         fail("seed", "must be a non-negative integer or null", seed)
     if out["start_method"] is not None and out["start_method"] not in START_METHODS:
         fail("start_method", "must be spawn, forkserver or fork", out["start_method"])
+    for key in ("sampler", "pruner", "enqueue"):
+        out.pop(key)
     return out
 
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from ._trial import TrialResult
+from .config import SearchConfig
+from .space import merge_params
 
 
 def _fmt(value: Any) -> str:
@@ -43,21 +45,60 @@ class Console:
                       f"processes that died; marked FAIL (they do not count)")
 
     def trial(self, r: TrialResult, done: int, target: int) -> None:
-        if r.state == "COMPLETE":
+        if r.state == "COMPLETE" and isinstance(r.value, list):
+            outcome = "values=[" + ", ".join(_fmt(v) for v in r.value) + "]"
+        elif r.state == "COMPLETE":
             outcome = f"value={_fmt(r.value)}"
         else:
             outcome = (r.reason or "").splitlines()[0] if r.reason else ""
         self.line(f"[{done}/{target}] trial {r.number} {r.state} {outcome} "
                   f"({r.duration_s:.2f}s, worker {r.rank}) {format_params(r.params)}".rstrip())
 
-    def summary(self, *, headline: str, counts: Mapping[str, int], best: Any,
-                direction: str, wall_s: float, dashboard: str, resume: str) -> None:
+    def summary(self, *, headline: str, counts: Mapping[str, int], best: list[Any],
+                directions: tuple[str, ...], wall_s: float, dashboard: str, resume: str) -> None:
         states = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "no trials"
         self.line("")
         self.line(f"{headline} in {wall_s:.1f}s. Trials by state: {states}.")
-        if best is not None:
-            self.line(f"Best trial {best.number} ({direction}): value={_fmt(best.value)}")
-            for k, v in best.params.items():
+        if len(directions) == 1 and best:
+            trial = best[0]
+            self.line(f"Best trial {trial.number} ({directions[0]}): value={_fmt(trial.value)}")
+            for k, v in trial.params.items():
                 self.line(f"  {k}: {_fmt(v)}")
+        elif best:
+            self.line(f"Pareto front ({', '.join(directions)}): {len(best)} trials")
+            for trial in sorted(best, key=lambda t: t.values):
+                values = ", ".join(_fmt(v) for v in trial.values)
+                self.line(f"  trial {trial.number}: values=[{values}] "
+                          f"{format_params(trial.params)}")
         self.line(f"Inspect:  {dashboard}")
         self.line(f"Resume or extend:  {resume}")
+
+
+def explicit_configs(cfg: SearchConfig) -> list[dict[str, Any]]:
+    """The whole config ``train`` gets for each explicit trial (grid point or enqueue entry);
+    parameters an entry leaves out are sampled and so absent here."""
+    return [merge_params(cfg.fixed, entry) for entry in cfg.explicit]
+
+
+def describe_search(cfg: SearchConfig, db_path: str) -> str:
+    """What ``--dry-run`` prints: everything resolved, nothing started."""
+    import yaml
+
+    lines = [f"hparam_search dry run: study '{cfg.study_name}' in {db_path}",
+             "(nothing is started and no study is written)", "",
+             "Config (fixed values, after --set):"]
+    dumped = yaml.safe_dump(cfg.fixed, sort_keys=False, default_flow_style=False).rstrip()
+    lines += ["  " + line for line in dumped.splitlines()]
+    lines += ["", "Search space:"]
+    lines += [f"  {p.describe()}" for p in cfg.params] or ["  (no sweep_parameters)"]
+    seed = f", seed {cfg.sampler.seed}" if cfg.sampler.seed is not None else ""
+    lines += ["", f"Sampler: {cfg.sampler.describe()}{seed}", f"Pruner: {cfg.pruner.describe()}",
+              f"Objective: {', '.join(cfg.directions)}"
+              + (f" of {', '.join(cfg.metrics or (cfg.metric,))}" if cfg.metrics or cfg.metric
+                 else ""),
+              f"Budget: n_trials={cfg.n_trials}, n_jobs={cfg.n_jobs}"]
+    if cfg.explicit:
+        kind = "Grid points" if cfg.sampler.type == "grid" else "Enqueued trials"
+        lines += ["", f"{kind} ({len(cfg.explicit)}, run first, each exactly once):"]
+        lines += [f"  {i}: {format_params(entry)}" for i, entry in enumerate(cfg.explicit)]
+    return "\n".join(lines)

@@ -6,6 +6,7 @@ import argparse
 import functools
 import gc
 import inspect
+import json
 import multiprocessing
 import os
 import shlex
@@ -14,7 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import display_path, load_config
+from .config import SearchConfig, display_path, load_config
+from .console import describe_search, explicit_configs
 from .errors import HparamSearchError
 from .launcher import EXIT_SEARCH_FAILED, Launcher, LaunchPlan
 
@@ -79,6 +81,12 @@ def _parser(script: Path) -> argparse.ArgumentParser:
                              "(e.g. --set n_trials=200 model.dropout=0.1)")
     parser.add_argument("--config", metavar="PATH",
                         help="use this YAML file instead of the decorator's config_path")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config, search space, sampler and pruner (and "
+                             "every grid or enqueued configuration); start nothing")
+    parser.add_argument("--jsonl", metavar="FILE",
+                        help="with --dry-run: write each grid/enqueued configuration as one "
+                             "JSON line")
     return parser
 
 
@@ -103,15 +111,33 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
     db_dir = Path(save_db_directory)
     if not db_dir.is_absolute():
         db_dir = script.parent / db_dir
+    db_path = (db_dir / f"{cfg.study_name}.db").resolve()
+    if args.dry_run:
+        _dry_run(cfg, db_path, args.jsonl)
+        return 0, None
+    if args.jsonl:
+        raise HparamSearchError("--jsonl goes with --dry-run", source="command line",
+                                fix="Add --dry-run.")
     start_method = (cfg.start_method or multiprocessing.get_start_method(allow_none=True)
                     or default_start_method())
     plan = LaunchPlan(
         config=cfg, script=script, module=fn.__module__, qualname=fn.__qualname__,
-        db_path=(db_dir / f"{cfg.study_name}.db").resolve(), start_method=start_method,
+        db_path=db_path, start_method=start_method,
         resume_command=" ".join(shlex.quote(a) for a in ["python", *sys.argv]))
     launcher = Launcher(plan)
     code = launcher.run()
     return code, launcher.fatal if code == EXIT_SEARCH_FAILED else None
+
+
+def _dry_run(cfg: SearchConfig, db_path: Path, jsonl: str | None) -> None:
+    print(describe_search(cfg, str(db_path)))
+    if jsonl:
+        configs = explicit_configs(cfg)
+        with open(jsonl, "w", encoding="utf-8") as f:
+            for config in configs:
+                f.write(json.dumps(config, default=str) + "\n")
+        note = "" if configs else " (this search has no grid or enqueue list, so none)"
+        print(f"\nWrote {len(configs)} configurations to {jsonl}{note}.")
 
 
 def default_start_method() -> str:

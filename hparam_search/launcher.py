@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _worker, storage as st
+from . import _trial, _worker, storage as st
 from ._trial import TrialResult
 from .config import SearchConfig
 from .console import Console
@@ -118,11 +118,14 @@ class Launcher:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.storage = st.open_storage(self.plan.url, create=True)
         self.study = st.create_or_load_study(self.storage, self.cfg.study_name,
-                                             self.cfg.direction)
+                                             self.cfg.directions, self.cfg.metrics or
+                                             ((self.cfg.metric,) if self.cfg.metric else ()))
         stale = st.fail_trials_of(self.storage, self.study._study_id, None,
                                   "its process died (found when the search was resumed)")
         self.done = self.done_at_start = st.finished(self._counts())
         remaining = self.cfg.n_trials - self.done
+        if remaining > 0:
+            st.enqueue_once(self.study, self.cfg.explicit, self.plan.url)
         if remaining <= 0:
             self.accepting = False
             self.out.line(
@@ -148,7 +151,8 @@ class Launcher:
             script=str(self.plan.script), module=self.plan.module, qualname=self.plan.qualname,
             url=self.plan.url, study_name=self.cfg.study_name, fixed=self.cfg.fixed,
             params=self.cfg.params, n_trials=self.cfg.n_trials, n_jobs=self.cfg.n_jobs,
-            n_startup_trials=self.cfg.n_startup_trials, seed=self.cfg.seed,
+            sampler=self.cfg.sampler, pruner=self.cfg.pruner,
+            objective=_trial.Objective(self.cfg.directions, self.cfg.metric, self.cfg.metrics),
             fail_fast=self.cfg.fail_fast, rank=rank, generation=generation, resumed_from=0)
         process = self.ctx.Process(target=_worker.main, args=(spec, child_conn),
                                    name=f"hparam-search-worker-{rank}", daemon=False)
@@ -285,13 +289,12 @@ class Launcher:
         counts = self._counts()
         if headline == "Search finished" and st.finished(counts) < self.cfg.n_trials:
             headline = "Search ended short of its budget"
-        best = None
-        try:
-            best = self.study.best_trial
-        except ValueError:
-            pass
+        from optuna.trial import TrialState
+
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        best = self.study.best_trials if complete else []
         self.out.summary(headline=headline, counts=counts, best=best,
-                         direction=self.cfg.direction, wall_s=wall_s,
+                         directions=self.cfg.directions, wall_s=wall_s,
                          dashboard=st.dashboard_command(self.plan.url),
                          resume=self.plan.resume_command)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,9 +19,9 @@ Locate = Callable[[str], tuple[str, "int | None"]]
 
 PARAM_TYPES = ("float", "int", "categorical")
 _FIELDS = {
-    "float": {"type", "low", "high", "log", "step"},
-    "int": {"type", "low", "high", "log", "step"},
-    "categorical": {"type", "choices"},
+    "float": {"type", "low", "high", "log", "step", "when"},
+    "int": {"type", "low", "high", "log", "step", "when"},
+    "categorical": {"type", "choices", "when"},
 }
 _ALL_FIELDS = sorted(set().union(*_FIELDS.values()))
 
@@ -35,6 +37,22 @@ class ParamSpec:
     log: bool = False
     step: float | int | None = None
     choices: tuple[Any, ...] = ()
+    # Conditions on other parameters: ((name, allowed values), ...); all must hold.
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        """Whether this parameter exists, given the values sampled so far."""
+        return all(name in values and values[name] in allowed for name, allowed in self.when)
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "categorical":
+            return any(value == c and type(value) is type(c) for c in self.choices) or \
+                value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.type == "int" and not float(value).is_integer():
+            return False
+        return self.low <= value <= self.high
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
         from optuna import distributions as d
@@ -46,10 +64,14 @@ class ParamSpec:
         return d.CategoricalDistribution(self.choices)
 
     def describe(self) -> str:
+        cond = ""
+        if self.when:
+            cond = " when " + " and ".join(
+                f"{n} in {list(v)}" if len(v) > 1 else f"{n} == {v[0]!r}" for n, v in self.when)
         if self.type == "categorical":
-            return f"{self.name}: categorical {list(self.choices)}"
+            return f"{self.name}: categorical {list(self.choices)}{cond}"
         extra = " log" if self.log else (f" step {self.step}" if self.step else "")
-        return f"{self.name}: {self.type} [{self.low}, {self.high}]{extra}"
+        return f"{self.name}: {self.type} [{self.low}, {self.high}]{extra}{cond}"
 
 
 def parse_sweep(raw: Any, locate: Locate) -> tuple[ParamSpec, ...]:
@@ -59,7 +81,53 @@ def parse_sweep(raw: Any, locate: Locate) -> tuple[ParamSpec, ...]:
     if not isinstance(raw, Mapping):
         _fail(locate, "sweep_parameters", "must be a mapping of parameter name -> spec", raw,
               "Write one entry per parameter, e.g. 'lr: {type: float, low: 1e-5, high: 1e-1}'.")
-    return tuple(_parse_one(str(name), spec, locate) for name, spec in raw.items())
+    specs = [_parse_one(str(name), spec, locate) for name, spec in raw.items()]
+    return _order_by_conditions(specs, locate)
+
+
+def _parse_when(key: str, raw: Any, locate: Locate) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if not isinstance(raw, Mapping) or not raw:
+        _fail(locate, f"{key}.when", "must map a parameter to its value(s)", raw,
+              "Write e.g. 'when: {optimizer: SGD}' or 'when: {optimizer: [SGD, Nesterov]}'.")
+    out = []
+    for name, allowed in raw.items():
+        values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+        if not values:
+            _fail(locate, f"{key}.when.{name}", "lists no value", allowed)
+        out.append((str(name), values))
+    return tuple(out)
+
+
+def _order_by_conditions(specs: list[ParamSpec], locate: Locate) -> tuple[ParamSpec, ...]:
+    """Check every ``when`` names a parameter, and order parameters so that each comes after
+    the ones its condition reads (sampling then sees their values)."""
+    names = {p.name: p for p in specs}
+    for p in specs:
+        for name, allowed in p.when:
+            if name not in names:
+                _fail(locate, f"sweep_parameters.{p.name}.when.{name}",
+                      "names a parameter that is not in sweep_parameters",
+                      fix=did_you_mean(name, names) or "Conditions refer to swept parameters.")
+            if name == p.name:
+                _fail(locate, f"sweep_parameters.{p.name}.when", "a parameter cannot depend on "
+                      "itself")
+            other = names[name]
+            for value in allowed:
+                if not other.contains(value):
+                    _fail(locate, f"sweep_parameters.{p.name}.when.{name}",
+                          f"{value!r} is not a value {name} can take", value,
+                          fix=f"{name} is {other.describe().split(': ', 1)[1]}.")
+    ordered: list[ParamSpec] = []
+    pending = list(specs)
+    while pending:
+        ready = [p for p in pending if all(n in {o.name for o in ordered} for n, _ in p.when)]
+        if not ready:
+            cycle = ", ".join(p.name for p in pending)
+            _fail(locate, f"sweep_parameters.{pending[0].name}.when",
+                  f"conditions form a cycle ({cycle})", fix="Make one of them unconditional.")
+        ordered.extend(ready)
+        pending = [p for p in pending if p not in ready]
+    return tuple(ordered)
 
 
 def _parse_one(name: str, spec: Any, locate: Locate) -> ParamSpec:
@@ -78,9 +146,12 @@ def _parse_one(name: str, spec: Any, locate: Locate) -> ParamSpec:
             allowed = ", ".join(sorted(_FIELDS[kind]))
             hint = did_you_mean(str(field), _FIELDS[kind]) or f"A {kind} parameter takes {allowed}."
             _fail(locate, f"{key}.{field}", f"unknown field for a {kind} parameter", fix=hint)
+    when = _parse_when(key, spec["when"], locate) if "when" in spec else ()
     if kind == "categorical":
-        return _categorical(name, key, spec, locate)
-    return _numeric(name, key, kind, spec, locate)
+        param = _categorical(name, key, spec, locate)
+    else:
+        param = _numeric(name, key, kind, spec, locate)
+    return dataclasses.replace(param, when=when)
 
 
 def _categorical(name: str, key: str, spec: Mapping[str, Any], locate: Locate) -> ParamSpec:
@@ -150,6 +221,8 @@ def suggest(trial: optuna.Trial, params: tuple[ParamSpec, ...]) -> dict[str, Any
     """Ask ``trial`` for a value of every parameter; return {dotted name: value}."""
     values: dict[str, Any] = {}
     for p in params:
+        if not p.active(values):
+            continue
         if p.type == "float":
             values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
         elif p.type == "int":
@@ -171,3 +244,63 @@ def merge_params(fixed: Mapping[str, Any], values: Mapping[str, Any]) -> dict[st
             node = node.setdefault(part, {})
         node[leaf] = value
     return config
+
+
+MAX_GRID = 1_000_000
+
+
+def grid_points(params: tuple[ParamSpec, ...], locate: Locate) -> list[dict[str, Any]]:
+    """Every combination of the parameters' values, in order; parameters whose ``when`` does not
+    hold are left out (and the duplicates that leaves are dropped)."""
+    axes = []
+    for p in params:
+        if p.type == "categorical":
+            axes.append(list(p.choices))
+        elif p.type == "int":
+            axes.append(list(range(p.low, p.high + 1, p.step or 1)))
+        elif p.step is None:
+            _fail(locate, f"sweep_parameters.{p.name}", "a grid needs a step for every float "
+                  "parameter", fix=f"Add 'step: ...' to {p.name}, or make it categorical.")
+        else:
+            count = int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
+            axes.append([round(p.low + i * p.step, 12) for i in range(count)])
+    size = math.prod(len(a) for a in axes)
+    if size > MAX_GRID:
+        _fail(locate, "sweep_parameters", f"the grid has {size} points, more than {MAX_GRID}",
+              fix="Use fewer values, or a sampler such as tpe or random.")
+    seen: set[str] = set()
+    points = []
+    for combo in itertools.product(*axes):
+        point: dict[str, Any] = {}
+        for p, value in zip(params, combo):
+            if p.active(point):
+                point[p.name] = value
+        key = repr(sorted(point.items()))
+        if key not in seen:
+            seen.add(key)
+            points.append(point)
+    return points
+
+
+def check_explicit(params: tuple[ParamSpec, ...], entries: Any, locate: Locate
+                   ) -> tuple[dict[str, Any], ...]:
+    """Validate ``enqueue:``: a list of {parameter: value}; names and values must fit the space."""
+    if not isinstance(entries, list):
+        _fail(locate, "enqueue", "must be a list of parameter mappings", entries,
+              "Write e.g. 'enqueue: [{lr: 0.01, optimizer: Adam}]'.")
+    by_name = {p.name: p for p in params}
+    out = []
+    for i, entry in enumerate(entries):
+        key = f"enqueue.{i}"
+        if not isinstance(entry, Mapping) or not entry:
+            _fail(locate, key, "must be a mapping of parameter: value", entry)
+        for name, value in entry.items():
+            if name not in by_name:
+                _fail(locate, f"{key}.{name}", "is not a sweep parameter",
+                      fix=did_you_mean(str(name), by_name) or
+                      f"Use names from sweep_parameters: {', '.join(by_name)}.")
+            if not by_name[name].contains(value):
+                spec = by_name[name].describe().split(": ", 1)[1]
+                _fail(locate, f"{key}.{name}", f"outside the search space ({spec})", value)
+        out.append(dict(entry))
+    return tuple(out)

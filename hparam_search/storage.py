@@ -6,6 +6,7 @@ This is the only module that knows storage URLs and Optuna's tables.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sqlite3
@@ -76,19 +77,47 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
     return storage
 
 
-def create_or_load_study(storage: RDBStorage, study_name: str, direction: str) -> optuna.Study:
-    """Create the study, or load it and check that its direction matches."""
+def create_or_load_study(storage: RDBStorage, study_name: str, directions: tuple[str, ...],
+                         metric_names: tuple[str, ...] = ()) -> optuna.Study:
+    """Create the study, or load it and check that its direction(s) match."""
     import optuna
 
-    study = optuna.create_study(study_name=study_name, storage=storage, direction=direction,
-                                load_if_exists=True)
-    found = [d.name.lower() for d in study.directions]
-    if found != [direction]:
+    study = optuna.create_study(study_name=study_name, storage=storage,
+                                directions=list(directions), load_if_exists=True)
+    found = tuple(d.name.lower() for d in study.directions)
+    if found != tuple(directions):
+        key = "direction" if len(directions) == 1 else "directions"
         raise HparamSearchError(
-            f"the study '{study_name}' already exists with direction {', '.join(found)}",
-            key="direction", got=direction,
+            f"the study '{study_name}' already exists with {key} {', '.join(found)}",
+            key=key, got=directions[0] if len(directions) == 1 else list(directions),
             fix="Use the same direction, or pick a new tag (--set tag=...) for a new study.")
+    if metric_names and study.metric_names != list(metric_names):
+        study.set_metric_names(list(metric_names))
     return study
+
+
+ENQUEUED_ATTR = "hparam_search:enqueued"
+
+
+def enqueue_once(study: optuna.Study, entries: tuple[dict[str, Any], ...], url: str) -> int:
+    """Enqueue the explicit trials (grid points, ``enqueue:``) that this study has not had yet.
+    Returns how many were added. Recorded on the study, so a resumed run adds none twice."""
+    if not entries:
+        return 0
+    with budget_lock(url):
+        done = list(study._storage.get_study_system_attrs(study._study_id).get(ENQUEUED_ATTR, []))
+        seen = set(done)
+        new = [e for e in entries if _canonical(e) not in seen]
+        for entry in new:
+            study.enqueue_trial(entry, skip_if_exists=False)
+        if new:
+            study._storage.set_study_system_attr(study._study_id, ENQUEUED_ATTR,
+                                                 done + [_canonical(e) for e in new])
+    return len(new)
+
+
+def _canonical(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, sort_keys=True, default=str)
 
 
 def state_counts(storage: RDBStorage, study_id: int) -> dict[str, int]:
@@ -108,8 +137,10 @@ def finished(counts: dict[str, int]) -> int:
 
 
 def claimed(counts: dict[str, int]) -> int:
-    """Trials done or under way: what the budget must never exceed."""
-    return finished(counts) + counts.get("RUNNING", 0) + counts.get("WAITING", 0)
+    """Trials done or under way: what the budget must never exceed. WAITING (enqueued) trials
+    are not counted: they were enqueued within the budget, and a worker takes one before it
+    ever creates a new trial."""
+    return finished(counts) + counts.get("RUNNING", 0)
 
 
 @contextlib.contextmanager

@@ -208,3 +208,106 @@ def test_setting_a_swept_parameter_pins_it() -> None:
 def test_fixed_param_name_close_to_nothing_is_kept() -> None:
     cfg = load(BASE + "hidden_layers: 8\nbatch_size: 32\n")
     assert cfg.fixed["batch_size"] == 32
+
+
+SEARCH = """\
+experiment_name: exp
+tag: t
+n_trials: 10
+sweep_parameters:
+  lr: {type: float, low: 0.0, high: 1.0}
+  opt: {type: categorical, choices: [Adam, SGD]}
+"""
+
+SEARCH_CASES = {
+    "sampler type typo": (SEARCH + "sampler: {type: tpee}\n",
+                          "config/c.yaml:7: sampler.type: unknown sampler (got 'tpee'). Did you "
+                          "mean 'tpe'?"),
+    "sampler option typo": (SEARCH + "sampler: {type: tpe, multivarate: true}\n",
+                            "config/c.yaml:7: sampler.multivarate: not an option of the tpe "
+                            "sampler. Did you mean 'multivariate'?"),
+    "sampler managed option": (SEARCH + "sampler: {type: random, search_space: {}}\n",
+                               "config/c.yaml:7: sampler.search_space: not an option of the "
+                               "random sampler. It takes: no options."),
+    "pruner type typo": (SEARCH + "pruner: {type: medain}\n",
+                         "config/c.yaml:7: pruner.type: unknown pruner (got 'medain'). Did you "
+                         "mean 'median'?"),
+    "pruner option typo": (SEARCH + "pruner: {type: median, n_warmup_step: 3}\n",
+                           "config/c.yaml:7: pruner.n_warmup_step: not an option of the median "
+                           "pruner. Did you mean 'n_warmup_steps'?"),
+    "pruner rejected by optuna": (SEARCH + "pruner: {type: percentile, percentile: 150}\n",
+                                  "config/c.yaml:7: pruner: Optuna rejected these options: "
+                                  "Percentile must be between 0 and 100 inclusive, but got "
+                                  "percentile=150."),
+    "patient without wrapped": (SEARCH + "pruner: {type: patient, patience: 2}\n",
+                                "config/c.yaml:7: pruner: a patient pruner needs 'wrapped': the "
+                                "pruner it delays. Write e.g. '{type: patient, patience: 3, "
+                                "wrapped: {type: median}}'."),
+    "grid float without step": (SEARCH.replace("n_trials: 10\n", "") + "sampler: grid\n",
+                                "config/c.yaml:4: sweep_parameters.lr: a grid needs a step for "
+                                "every float parameter. Add 'step: ...' to lr, or make it "
+                                "categorical."),
+    "grid smaller than n_trials": (SEARCH.replace("high: 1.0}", "high: 1.0, step: 0.5}")
+                                   + "sampler: grid\n",
+                                   "config/c.yaml:3: n_trials: is more than the grid's 6 points "
+                                   "(got 10). Drop n_trials (it defaults to the grid size), or "
+                                   "set it <= 6."),
+    "enqueue unknown parameter": (SEARCH + "enqueue: [{lr: 0.5, optimiser: SGD}]\n",
+                                  "config/c.yaml:7: enqueue.0.optimiser: is not a sweep "
+                                  "parameter. Use names from sweep_parameters: lr, opt."),
+    "enqueue outside the space": (SEARCH + "enqueue: [{lr: 2.0}]\n",
+                                  "config/c.yaml:7: enqueue.0.lr: outside the search space "
+                                  "(float [0.0, 1.0]) (got 2.0)."),
+    "enqueue more than budget": (SEARCH.replace("n_trials: 10", "n_trials: 1")
+                                 + "enqueue: [{lr: 0.1}, {lr: 0.2}]\n",
+                                 "config/c.yaml:7: enqueue: lists 2 trials, more than n_trials "
+                                 "(1). Raise n_trials or shorten the list."),
+    "direction and directions": (SEARCH + "direction: minimize\ndirections: [minimize, maximize]\n",
+                                 "config/c.yaml:8: directions: give either direction (one "
+                                 "objective) or directions (several), not both. Remove "
+                                 "'direction'."),
+    "metrics length": (SEARCH + "directions: [minimize, maximize]\nmetrics: [loss]\n",
+                       "config/c.yaml:8: metrics: must list 2 distinct names, one per direction "
+                       "(got ['loss'])."),
+    "when unknown parameter": (SEARCH + "  m: {type: float, low: 0.1, high: 0.9, when: {optim: SGD}}\n",
+                               "config/c.yaml:7: sweep_parameters.m.when.optim: names a parameter "
+                               "that is not in sweep_parameters. Did you mean 'opt'?"),
+    "when impossible value": (SEARCH + "  m: {type: float, low: 0.1, high: 0.9, when: {opt: Sgd}}\n",
+                              "config/c.yaml:7: sweep_parameters.m.when.opt: 'Sgd' is not a "
+                              "value opt can take (got 'Sgd'). opt is categorical ['Adam', 'SGD']."),
+    "pruning with two objectives": (SEARCH + "directions: [minimize, minimize]\npruner: median\n",
+                                    "config/c.yaml:8: pruner: pruning works with one objective "
+                                    "only. Remove 'pruner:' or use one direction."),
+}
+
+
+@pytest.mark.parametrize("name", list(SEARCH_CASES))
+def test_every_search_mistake_has_one_exact_message(name: str) -> None:
+    text, expected = SEARCH_CASES[name]
+    assert error_of(text) == expected
+
+
+def test_sampler_defaults_and_passthrough() -> None:
+    cfg = load(SEARCH + "n_jobs: 2\nn_startup_trials: 4\nseed: 7\n")
+    assert cfg.sampler.type == "tpe" and cfg.sampler.seed == 7
+    assert cfg.sampler.options == {"n_startup_trials": 4, "constant_liar": True}
+    cfg = load(SEARCH + "n_startup_trials: 4\nsampler: {type: tpe, n_startup_trials: 9, "
+               "multivariate: true, group: true, seed: 5}\n")
+    assert cfg.sampler.options == {"n_startup_trials": 9, "multivariate": True, "group": True}
+    assert cfg.sampler.seed == 5
+    assert load(SEARCH + "sampler: random\n").sampler.options == {}
+
+
+def test_grid_points_and_default_budget() -> None:
+    cfg = load(SEARCH.replace("n_trials: 10\n", "").replace("high: 1.0}", "high: 1.0, step: 0.5}")
+               + "sampler: grid\n")
+    assert cfg.n_trials == 6
+    assert cfg.explicit[0] == {"lr": 0.0, "opt": "Adam"}
+    assert {(p["lr"], p["opt"]) for p in cfg.explicit} == {
+        (lr, o) for lr in (0.0, 0.5, 1.0) for o in ("Adam", "SGD")}
+
+
+def test_conditions_are_ordered_after_what_they_read() -> None:
+    cfg = load(SEARCH.replace("  lr: {type: float, low: 0.0, high: 1.0}\n",
+                              "  lr: {type: float, low: 0.0, high: 1.0, when: {opt: SGD}}\n"))
+    assert [p.name for p in cfg.params] == ["opt", "lr"]

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Side-by-side runs of the shared harness (../shared/bench): this package (`project`) against
+# raw Optuna on SQLite and on a journal file, in one process tree, interleaved spec by spec.
+#   benchmarks/run_harness.sh                      # W1 throughput + W2 efficiency (2-core sizes)
+#   benchmarks/run_harness.sh --workloads W3 --n-jobs W3=16 --trials W3=2000   # any harness flags
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+bench="${BENCH_DIR:-$here/../../shared/bench}"
+[ -f "$bench/run.py" ] || { echo "no harness at $bench (set BENCH_DIR)" >&2; exit 2; }
+mkdir -p "$here/results"
+args=("$@")
+if [ ${#args[@]} -eq 0 ]; then
+  args=(--workloads W1,W2 --n-jobs W1=1,2 W2=1,2 W2cpu=1,2 --sleep 1.0 --trials W2=32)
+fi
+PROJECT_DIR="$here/.." python3 "$bench/run.py" --peers project,optuna-sqlite,optuna-journal \
+  "${args[@]}" --out "$here/results/harness.json" --md "$here/results/harness.md"

@@ -15,11 +15,12 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _trial, storage as st
+from . import _capture, _trial, storage as st
 from .errors import HparamSearchError
 from .sampling import PrunerSpec, SamplerSpec, build_pruner, build_sampler
 from .space import ParamSpec
@@ -28,6 +29,7 @@ EXIT_DONE = 0
 EXIT_FATAL = 3  # a message explaining why was sent first
 EXIT_INTERRUPTED = 4
 _SEED_STRIDE = 1_000_003
+LOG_ATTR = "log_file"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class WorkerSpec:
     rank: int
     generation: int
     resumed_from: int  # finished trials when this launch began: varies seeds on resume
+    logs_dir: str | None = None  # each trial's output goes to <logs_dir>/<number>.log
 
 
 def worker_seed(spec: WorkerSpec) -> int | None:
@@ -82,6 +85,9 @@ def main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
     """Process entry point."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher turns Ctrl-C into SIGTERM
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    for stream in (sys.stdout, sys.stderr):  # train's prints show up (and reach logs) at once
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     state = _State()
     try:
         train = resolve_train(spec.module, spec.qualname)
@@ -183,11 +189,30 @@ def _load_study(spec: WorkerSpec, storage: Any) -> Any:
                              pruner=build_pruner(spec.pruner))
 
 
+class _Channel:
+    """The pipe to the launcher, shared by the trial loop and the output-capture thread."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def send(self, message: tuple) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+    def relay(self, text: str) -> None:
+        try:
+            self.send(("out", text))
+        except (BrokenPipeError, OSError):
+            pass  # the launcher is gone; the watchdog ends this process
+
+
 def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], Any],
           conn: multiprocessing.connection.Connection, state: _State) -> None:
     owner = st.Owner.me(spec.rank).as_attr()
     info = _trial.TrialInfo(-1, spec.rank, spec.n_jobs, spec.study_name, spec.url)
     study_id = study._study_id
+    channel = _Channel(conn)
     while True:
         with st.budget_lock(spec.url):
             if st.claimed(st.state_counts(storage, study_id)) >= spec.n_trials:
@@ -196,11 +221,20 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
             with state.lock:
                 state.trial_id = trial._trial_id
             storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, owner)
-        result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info,
-                                  spec.objective, spec.pruner.type)
+        channel.send(("start", trial.number))
+        if spec.logs_dir:
+            log_path = Path(spec.logs_dir) / f"{trial.number}.log"
+            storage.set_trial_user_attr(trial._trial_id, LOG_ATTR, str(log_path))
+            with _capture.captured(log_path, f"[trial {trial.number} w{spec.rank}] ",
+                                   channel.relay):
+                result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info,
+                                          spec.objective, spec.pruner.type)
+        else:
+            result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info,
+                                      spec.objective, spec.pruner.type)
         with state.lock:
             state.trial_id = None
-        conn.send(("trial", result))
+        channel.send(("trial", result))
         if result.traceback and spec.fail_fast and _all_failed_so_far(study, spec.fail_fast):
             raise HparamSearchError(
                 f"the first {spec.fail_fast} finished trials all raised an exception, so the "

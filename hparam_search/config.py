@@ -36,6 +36,8 @@ class SearchConfig:
     seed: int | None
     fail_fast: int
     start_method: str | None
+    trial_logs: bool
+    progress_interval: float
     params: tuple[ParamSpec, ...]
     fixed: dict[str, Any] = field(hash=False)
     overrides: tuple[str, ...] = ()
@@ -44,6 +46,7 @@ class SearchConfig:
     metric: str | None = None  # the key of a returned dict that is the objective
     metrics: tuple[str, ...] = ()  # names of the objectives, in order (several objectives)
     explicit: tuple[dict[str, Any], ...] = ()  # trials run first, once each: grid or enqueue
+    resolved: dict[str, Any] = field(default_factory=dict, hash=False)  # the YAML after --set
 
     @property
     def study_name(self) -> str:
@@ -75,6 +78,8 @@ SETTINGS: dict[str, tuple[bool, Any]] = {
     "sampler": (False, None),
     "pruner": (False, None),
     "enqueue": (False, None),
+    "trial_logs": (False, True),
+    "progress_interval": (False, 30),
 }
 
 
@@ -137,7 +142,8 @@ def load_config(path: Path, set_args: list[str] | tuple[str, ...] = (),
     sampler, pruner = _search(data, settings, locate)
     explicit = _explicit(data, settings, params, sampler, locate)
     return SearchConfig(path=path, params=params, fixed=fixed, overrides=tuple(set_args),
-                        sampler=sampler, pruner=pruner, explicit=explicit, **settings)
+                        sampler=sampler, pruner=pruner, explicit=explicit, resolved=data,
+                        **settings)
 
 
 def _search(data: dict[str, Any], settings: dict[str, Any], locate: Locate
@@ -248,7 +254,7 @@ def _validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, 
                  did_you_mean(str(out["direction"]), DIRECTIONS) or None)
         out["directions"] = (out["direction"],)
     else:
-        if "direction" in data:
+        if data.get("direction") is not None:
             fail("directions", "give either direction (one objective) or directions (several), "
                  "not both", fix="Remove 'direction'.")
         dirs = out["directions"]
@@ -287,6 +293,11 @@ def _validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, 
     seed = out["seed"]
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         fail("seed", "must be a non-negative integer or null", seed)
+    if not isinstance(out["trial_logs"], bool):
+        fail("trial_logs", "must be true or false", out["trial_logs"])
+    interval = out["progress_interval"]
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+        fail("progress_interval", "must be a number of seconds > 0", interval)
     if out["start_method"] is not None and out["start_method"] not in START_METHODS:
         fail("start_method", "must be spawn, forkserver or fork", out["start_method"])
     for key in ("sampler", "pruner", "enqueue"):

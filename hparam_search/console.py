@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from ._trial import TrialResult
@@ -21,16 +24,91 @@ def format_params(params: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
 
 
-class Console:
-    """Plain line output. Every line is written and flushed whole, so lines from the launcher
-    and from workers' own prints never interleave mid-line."""
+@dataclass
+class Progress:
+    """What the progress display shows; the launcher keeps it current."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    target: int
+    done: int = 0
+    running: int = 0
+    pruned: int = 0
+    failed: int = 0
+    best_value: float | None = None
+    best_trial: int | None = None
+    finished_this_run: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def text(self) -> str:
+        elapsed = max(time.monotonic() - self.started_at, 1e-9)
+        rate = self.finished_this_run / elapsed * 60
+        left = self.target - self.done
+        eta = f"{left / rate * 60:.0f}s" if rate > 0 and left > 0 else "-"
+        best = (f"best {_fmt(self.best_value)} (trial {self.best_trial})"
+                if self.best_value is not None else "best -")
+        return (f"{self.done}/{self.target} done, {self.running} running, {self.pruned} pruned, "
+                f"{self.failed} failed | {best} | {rate:.1f} trials/min | ETA {eta}")
+
+
+class Console:
+    """The launcher's output. On a terminal, a live progress line (rich) stays at the bottom and
+    every other line scrolls above it; elsewhere (CI, nohup, a log file) plain lines only, with
+    a progress line every ``interval`` seconds. Each line is written whole, so lines from
+    different workers never interleave mid-line."""
+
+    def __init__(self, stream: TextIO | None = None, *, live: bool | None = None,
+                 interval: float = 30.0) -> None:
         self.stream = stream or sys.stdout
+        if live is None:
+            live = _isatty(self.stream) and os.environ.get("TERM") != "dumb"
+        self.live = live
+        self.interval = interval
+        self._rich: Any = None
+        self._live: Any = None
+        self._last_plain = time.monotonic()
 
     def line(self, text: str = "") -> None:
-        self.stream.write(text + "\n")
+        self.raw(text + "\n")
+
+    def raw(self, text: str) -> None:
+        if self._live is not None:
+            self._rich.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+            return
+        self.stream.write(text)
         self.stream.flush()
+
+    def start_progress(self, progress: Progress) -> None:
+        if not self.live:
+            self._last_plain = time.monotonic()
+            return
+        from rich.console import Console as RichConsole
+        from rich.live import Live
+
+        self._rich = RichConsole(file=self.stream, force_terminal=True)
+        self._live = Live(self._render(progress), console=self._rich, refresh_per_second=4,
+                          transient=True)
+        self._live.start()
+
+    def progress(self, progress: Progress, *, force: bool = False) -> None:
+        if self._live is not None:
+            self._live.update(self._render(progress))
+        elif force or time.monotonic() - self._last_plain >= self.interval:
+            self._last_plain = time.monotonic()
+            self.line(f"progress: {progress.text()}")
+
+    def stop_progress(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    @staticmethod
+    def _render(progress: Progress) -> Any:
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        grid = Table.grid(padding=(0, 1))
+        grid.add_row(ProgressBar(total=progress.target, completed=progress.done, width=30),
+                     progress.text())
+        return grid
 
     def banner(self, *, study: str, db: str, done: int, target: int, n_workers: int,
                start_method: str, dashboard: str, stale: list[int]) -> None:
@@ -72,6 +150,13 @@ class Console:
                           f"{format_params(trial.params)}")
         self.line(f"Inspect:  {dashboard}")
         self.line(f"Resume or extend:  {resume}")
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def explicit_configs(cfg: SearchConfig) -> list[dict[str, Any]]:

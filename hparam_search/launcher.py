@@ -14,7 +14,7 @@ from typing import Any
 from . import _trial, _worker, storage as st
 from ._trial import TrialResult
 from .config import SearchConfig
-from .console import Console
+from .console import Console, Progress
 
 EXIT_OK = 0
 EXIT_SEARCH_FAILED = 1
@@ -40,6 +40,11 @@ class LaunchPlan:
     def url(self) -> str:
         return st.sqlite_url(self.db_path)
 
+    @property
+    def logs_dir(self) -> Path:
+        """<save_db_directory>/<study>/trials: one <number>.log per trial."""
+        return self.db_path.parent / self.config.study_name / "trials"
+
 
 class _Terminated(BaseException):
     """SIGTERM reached the launcher."""
@@ -62,7 +67,8 @@ class Launcher:
     def __init__(self, plan: LaunchPlan, console: Console | None = None) -> None:
         self.plan = plan
         self.cfg = plan.config
-        self.out = console or Console()
+        self.out = console or Console(interval=self.cfg.progress_interval)
+        self.progress = Progress(target=self.cfg.n_trials)
         self.ctx = multiprocessing.get_context(plan.start_method)
         if plan.start_method == "forkserver":
             # The server imports the script and these once; each worker is then a cheap fork.
@@ -104,6 +110,7 @@ class Launcher:
         finally:
             starter.join()
             self._stop_all()
+            self.out.stop_progress()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if self.study is not None:
@@ -126,6 +133,7 @@ class Launcher:
         remaining = self.cfg.n_trials - self.done
         if remaining > 0:
             st.enqueue_once(self.study, self.cfg.explicit, self.plan.url)
+            st.record_run(self.study, run_metadata(self.plan))
         if remaining <= 0:
             self.accepting = False
             self.out.line(
@@ -139,6 +147,8 @@ class Launcher:
                         dashboard=st.dashboard_command(self.plan.url), stale=stale)
         # Workers beyond what is left are told to quit when they report ready.
         self.wanted = min(self.cfg.n_jobs, remaining)
+        self.progress.done = self.done
+        self.out.start_progress(self.progress)
         return True
 
     def _counts(self) -> dict[str, int]:
@@ -153,7 +163,8 @@ class Launcher:
             params=self.cfg.params, n_trials=self.cfg.n_trials, n_jobs=self.cfg.n_jobs,
             sampler=self.cfg.sampler, pruner=self.cfg.pruner,
             objective=_trial.Objective(self.cfg.directions, self.cfg.metric, self.cfg.metrics),
-            fail_fast=self.cfg.fail_fast, rank=rank, generation=generation, resumed_from=0)
+            fail_fast=self.cfg.fail_fast, rank=rank, generation=generation, resumed_from=0,
+            logs_dir=str(self.plan.logs_dir) if self.cfg.trial_logs else None)
         process = self.ctx.Process(target=_worker.main, args=(spec, child_conn),
                                    name=f"hparam-search-worker-{rank}", daemon=False)
         process.start()
@@ -173,6 +184,7 @@ class Launcher:
                 continue
             waitables = [s.conn for s in live] + [s.process.sentinel for s in live]
             ready = multiprocessing.connection.wait(waitables, timeout=1.0)
+            self.out.progress(self.progress)
             for slot in live:
                 if slot.conn in ready or slot.process.sentinel in ready:
                     self._drain(slot)
@@ -193,18 +205,38 @@ class Launcher:
             busy = sum(1 for s in self._live() if s.ready and s is not slot)
             go = self.accepting and not self.fatal and busy < self.wanted
             slot.conn.send(("go", {"resumed_from": self.done_at_start}) if go else ("quit",))
+        elif kind == "start":
+            self.progress.running += 1
+            self.out.progress(self.progress)
+        elif kind == "out":
+            self.out.raw(msg[1])
         elif kind == "trial":
             result: TrialResult = msg[1]
-            if result.state in ("COMPLETE", "PRUNED"):
-                self.done += 1
-            if result.state == "COMPLETE":
-                self.crashes_in_a_row = 0
+            self._count(result)
             self.out.trial(result, self.done, self.cfg.n_trials)
+            self.out.progress(self.progress)
         elif kind == "fatal":
             if self.fatal is None:
                 self.fatal = msg[1]
             self.accepting = False
             self._terminate_live()
+
+    def _count(self, result: TrialResult) -> None:
+        p = self.progress
+        p.running = max(0, p.running - 1)
+        if result.state in ("COMPLETE", "PRUNED"):
+            self.done += 1
+            p.done, p.finished_this_run = self.done, p.finished_this_run + 1
+        p.pruned += result.state == "PRUNED"
+        p.failed += result.state == "FAIL"
+        if result.state == "COMPLETE":
+            self.crashes_in_a_row = 0
+            if isinstance(result.value, float):
+                better = (p.best_value is None or
+                          (result.value < p.best_value if self.cfg.directions[0] == "minimize"
+                           else result.value > p.best_value))
+                if better:
+                    p.best_value, p.best_trial = result.value, result.number
 
     def _on_exit(self, slot: _Slot) -> None:
         slot.process.join()
@@ -229,6 +261,8 @@ class Launcher:
         lost = f"; trial {', '.join(map(str, numbers))} marked FAIL and will be re-run" \
             if numbers else ""
         self.out.line(f"worker {slot.rank} (pid {slot.process.pid}) {how}{lost}")
+        self.progress.running = max(0, self.progress.running - len(numbers))
+        self.progress.failed += len(numbers)
         self.crashes_in_a_row += 1
         if self.cfg.fail_fast and self.crashes_in_a_row >= self.cfg.fail_fast + self.cfg.n_jobs:
             self.fatal = (f"worker processes died {self.crashes_in_a_row} times in a row without "
@@ -297,6 +331,51 @@ class Launcher:
                          directions=self.cfg.directions, wall_s=wall_s,
                          dashboard=st.dashboard_command(self.plan.url),
                          resume=self.plan.resume_command)
+
+
+def run_metadata(plan: LaunchPlan) -> dict[str, Any]:
+    """What a later reader needs to know how this run was made."""
+    import datetime
+    import importlib.metadata
+    import platform
+    import socket
+
+    import yaml
+
+    versions = {}
+    for dist in ("hparam-search", "optuna", "sqlalchemy", "optuna-dashboard"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": plan.resume_command,
+        "script": str(plan.script),
+        "config_file": str(plan.config.path),
+        "config": yaml.safe_dump(plan.config.resolved, sort_keys=False),
+        "git": _git_state(plan.script.parent),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "start_method": plan.start_method,
+        "n_jobs": plan.config.n_jobs,
+    }
+
+
+def _git_state(folder: Path) -> dict[str, Any] | None:
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
 class _Starter(threading.Thread):

@@ -116,6 +116,18 @@ def enqueue_once(study: optuna.Study, entries: tuple[dict[str, Any], ...], url: 
     return len(new)
 
 
+RUN_ATTR = "hparam_search.run"
+RUNS_ATTR = "hparam_search:runs"
+
+
+def record_run(study: optuna.Study, metadata: dict[str, Any]) -> None:
+    """Store this run's metadata: the latest as a user attribute (optuna-dashboard shows it),
+    every run's in a system attribute."""
+    runs = study._storage.get_study_system_attrs(study._study_id).get(RUNS_ATTR, [])
+    study._storage.set_study_system_attr(study._study_id, RUNS_ATTR, [*runs, metadata])
+    study.set_user_attr(RUN_ATTR, metadata)
+
+
 def _canonical(entry: dict[str, Any]) -> str:
     return json.dumps(entry, sort_keys=True, default=str)
 
@@ -248,4 +260,17 @@ def fail_trials_of(storage: RDBStorage, study_id: int, pids: set[int] | None, re
         hit = owner.pid in pids if pids is not None else not owner.is_alive()
         if hit and fail_trial(storage, trial._trial_id, reason):
             numbers.append(trial.number)
+            _requeue_if_explicit(storage, study_id, trial)
     return numbers
+
+
+def _requeue_if_explicit(storage: RDBStorage, study_id: int, trial: Any) -> None:
+    """A grid point or enqueued trial whose process died is queued again: each must finish
+    once, and a crash is not a finish."""
+    import optuna
+
+    fixed = trial.system_attrs.get("fixed_params")
+    if fixed:
+        study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id),
+                                  storage=storage)
+        study.enqueue_trial(fixed, skip_if_exists=False)

@@ -7,6 +7,7 @@ launcher -> worker: ("go",) or ("quit",)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import multiprocessing
@@ -214,7 +215,8 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
     study_id = study._study_id
     channel = _Channel(conn)
     while True:
-        with st.budget_lock(spec.url):
+        with st.budget_lock(spec.url, spec.study_name, storage):
+            st.fail_stale(study, storage)
             if st.claimed(st.state_counts(storage, study_id)) >= spec.n_trials:
                 return  # ask() below takes a WAITING trial first, if there is one
             trial = study.ask()
@@ -222,14 +224,13 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
                 state.trial_id = trial._trial_id
             storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, owner)
         channel.send(("start", trial.number))
-        if spec.logs_dir:
-            log_path = Path(spec.logs_dir) / f"{trial.number}.log"
-            storage.set_trial_user_attr(trial._trial_id, LOG_ATTR, str(log_path))
-            with _capture.captured(log_path, f"[trial {trial.number} w{spec.rank}] ",
-                                   channel.relay):
-                result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info,
-                                          spec.objective, spec.pruner.type)
-        else:
+        with contextlib.ExitStack() as during:
+            during.enter_context(st.heartbeat(storage, trial._trial_id))
+            if spec.logs_dir:
+                log_path = Path(spec.logs_dir) / f"{trial.number}.log"
+                storage.set_trial_user_attr(trial._trial_id, LOG_ATTR, str(log_path))
+                during.enter_context(_capture.captured(
+                    log_path, f"[trial {trial.number} w{spec.rank}] ", channel.relay))
             result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info,
                                       spec.objective, spec.pruner.type)
         with state.lock:

@@ -36,6 +36,7 @@ class SearchConfig:
     seed: int | None
     fail_fast: int
     start_method: str | None
+    storage: str | None
     trial_logs: bool
     progress_interval: float
     params: tuple[ParamSpec, ...]
@@ -79,6 +80,7 @@ SETTINGS: dict[str, tuple[bool, Any]] = {
     "pruner": (False, None),
     "enqueue": (False, None),
     "trial_logs": (False, True),
+    "storage": (False, None),
     "progress_interval": (False, 30),
 }
 
@@ -293,6 +295,10 @@ def _validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, 
     seed = out["seed"]
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         fail("seed", "must be a non-negative integer or null", seed)
+    if out["storage"] is not None and (not isinstance(out["storage"], str)
+                                       or not out["storage"].strip()):
+        fail("storage", "must be a database URL or journal:PATH", out["storage"],
+             "Write e.g. 'storage: postgresql://user@host/db' or 'storage: journal:./s.log'.")
     if not isinstance(out["trial_logs"], bool):
         fail("trial_logs", "must be true or false", out["trial_logs"])
     interval = out["progress_interval"]

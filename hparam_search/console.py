@@ -165,14 +165,17 @@ def explicit_configs(cfg: SearchConfig) -> list[dict[str, Any]]:
     return [merge_params(cfg.fixed, entry) for entry in cfg.explicit]
 
 
-def describe_search(cfg: SearchConfig, db_path: str) -> str:
+def describe_search(cfg: SearchConfig, where: str) -> str:
     """What ``--dry-run`` prints: everything resolved, nothing started."""
     import yaml
 
-    lines = [f"hparam_search dry run: study '{cfg.study_name}' in {db_path}",
+    from .storage import mask_secrets
+
+    lines = [f"hparam_search dry run: study '{cfg.study_name}' in {where}",
              "(nothing is started and no study is written)", "",
              "Config (fixed values, after --set):"]
-    dumped = yaml.safe_dump(cfg.fixed, sort_keys=False, default_flow_style=False).rstrip()
+    dumped = mask_secrets(yaml.safe_dump(cfg.fixed, sort_keys=False,
+                                         default_flow_style=False)).rstrip()
     lines += ["  " + line for line in dumped.splitlines()]
     lines += ["", "Search space:"]
     lines += [f"  {p.describe()}" for p in cfg.params] or ["  (no sweep_parameters)"]

@@ -19,6 +19,7 @@ from .config import SearchConfig, display_path, load_config
 from .console import describe_search, explicit_configs
 from .errors import HparamSearchError
 from .launcher import EXIT_SEARCH_FAILED, Launcher, LaunchPlan
+from .storage import mask_secrets, resolve_storage, sqlite_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USAGE = 2
@@ -111,9 +112,11 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
     db_dir = Path(save_db_directory)
     if not db_dir.is_absolute():
         db_dir = script.parent / db_dir
-    db_path = (db_dir / f"{cfg.study_name}.db").resolve()
+    db_dir = db_dir.resolve()
+    url = (resolve_storage(cfg.storage, script.parent) if cfg.storage
+           else sqlite_url(db_dir / f"{cfg.study_name}.db"))
     if args.dry_run:
-        _dry_run(cfg, db_path, args.jsonl)
+        _dry_run(cfg, mask_secrets(url), args.jsonl)
         return 0, None
     if args.jsonl:
         raise HparamSearchError("--jsonl goes with --dry-run", source="command line",
@@ -122,15 +125,15 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
                     or default_start_method())
     plan = LaunchPlan(
         config=cfg, script=script, module=fn.__module__, qualname=fn.__qualname__,
-        db_path=db_path, start_method=start_method,
-        resume_command=" ".join(shlex.quote(a) for a in ["python", *sys.argv]))
+        db_dir=db_dir, url=url, start_method=start_method,
+        resume_command=mask_secrets(" ".join(shlex.quote(a) for a in ["python", *sys.argv])))
     launcher = Launcher(plan)
     code = launcher.run()
     return code, launcher.fatal if code == EXIT_SEARCH_FAILED else None
 
 
-def _dry_run(cfg: SearchConfig, db_path: Path, jsonl: str | None) -> None:
-    print(describe_search(cfg, str(db_path)))
+def _dry_run(cfg: SearchConfig, where: str, jsonl: str | None) -> None:
+    print(describe_search(cfg, where))
     if jsonl:
         configs = explicit_configs(cfg)
         with open(jsonl, "w", encoding="utf-8") as f:

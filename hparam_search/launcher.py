@@ -32,18 +32,21 @@ class LaunchPlan:
     script: Path
     module: str
     qualname: str
-    db_path: Path
+    db_dir: Path  # save_db_directory, absolute
+    url: str  # the storage: the SQLite file in db_dir unless `storage:` says otherwise
     start_method: str
     resume_command: str
 
     @property
-    def url(self) -> str:
-        return st.sqlite_url(self.db_path)
-
-    @property
     def logs_dir(self) -> Path:
         """<save_db_directory>/<study>/trials: one <number>.log per trial."""
-        return self.db_path.parent / self.config.study_name / "trials"
+        return self.db_dir / self.config.study_name / "trials"
+
+    @property
+    def where(self) -> str:
+        """The storage as the banner shows it: a file path, or the URL without password."""
+        path = st.sqlite_path(self.url) or st.journal_path(self.url)
+        return str(path) if path else st.mask_secrets(self.url)
 
 
 class _Terminated(BaseException):
@@ -141,7 +144,7 @@ class Launcher:
                 f"trials (n_trials is {self.cfg.n_trials}); nothing to do. To run more, extend "
                 f"the budget: {self.plan.resume_command} --set n_trials={self.done + 50}")
             return False
-        self.out.banner(study=self.cfg.study_name, db=str(self.plan.db_path), done=self.done,
+        self.out.banner(study=self.cfg.study_name, db=self.plan.where, done=self.done,
                         target=self.cfg.n_trials, n_workers=min(self.cfg.n_jobs, remaining),
                         start_method=self.plan.start_method,
                         dashboard=st.dashboard_command(self.plan.url), stale=stale)
@@ -350,10 +353,10 @@ def run_metadata(plan: LaunchPlan) -> dict[str, Any]:
             pass
     return {
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": plan.resume_command,
+        "command": st.mask_secrets(plan.resume_command),
         "script": str(plan.script),
         "config_file": str(plan.config.path),
-        "config": yaml.safe_dump(plan.config.resolved, sort_keys=False),
+        "config": st.mask_secrets(yaml.safe_dump(plan.config.resolved, sort_keys=False)),
         "git": _git_state(plan.script.parent),
         "host": socket.gethostname(),
         "python": platform.python_version(),

@@ -6,10 +6,13 @@ This is the only module that knows storage URLs and Optuna's tables.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import socket
 import sqlite3
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +34,56 @@ def sqlite_url(db_path: Path) -> str:
     return f"sqlite:///{db_path}"
 
 
+JOURNAL_PREFIX = "journal:"
+# Database storages: a trial whose heartbeat stops for GRACE_S (its process or host died) is
+# failed by the next worker that claims a trial, from any host.
+HEARTBEAT_S = 10
+GRACE_S = 60
+_SECRET = re.compile(r"(\b[a-z][\w+.-]*://[^:/@\s]*:)([^@\s]+)(@)", re.IGNORECASE)
+
+
 def dashboard_command(url: str) -> str:
-    return f"optuna-dashboard {url}"
+    path = journal_path(url)
+    return f"optuna-dashboard {path if path else mask_secrets(url)}"
+
+
+def mask_secrets(text: str) -> str:
+    """Hide the password of every URL in ``text``: credentials are never printed or stored."""
+    return _SECRET.sub(r"\1***\3", text)
 
 
 def sqlite_path(url: str) -> Path | None:
     prefix = "sqlite:///"
     return Path(url[len(prefix):]) if url.startswith(prefix) else None
+
+
+def journal_path(url: str) -> Path | None:
+    return Path(url[len(JOURNAL_PREFIX):]) if url.startswith(JOURNAL_PREFIX) else None
+
+
+def resolve_storage(value: str, base: Path) -> str:
+    """The storage URL for a ``storage:`` setting: a SQLAlchemy URL (a bare ``postgresql://``
+    uses the driver the ``postgres`` extra installs) or ``journal:PATH`` (relative to ``base``)."""
+    if value.startswith(JOURNAL_PREFIX):
+        path = Path(value[len(JOURNAL_PREFIX):]).expanduser()
+        return f"{JOURNAL_PREFIX}{(path if path.is_absolute() else base / path).resolve()}"
+    if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+        return f"sqlite:///{(base / value[len('sqlite:///'):]).resolve()}"
+    for plain in ("postgresql://", "postgres://"):
+        if value.startswith(plain):
+            return "postgresql+" + _postgres_driver() + "://" + value[len(plain):]
+    return value
+
+
+def _postgres_driver() -> str:
+    import importlib.util
+
+    for module, dialect in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return dialect
+    raise HparamSearchError(
+        "a postgresql:// storage needs a PostgreSQL driver, and none is installed",
+        key="storage", fix="pip install 'hparam-search[postgres]'")
 
 
 def _tune_sqlite_connection(dbapi_conn: Any, _record: Any) -> None:
@@ -49,32 +95,72 @@ def _tune_sqlite_connection(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def open_storage(url: str, *, create: bool) -> RDBStorage:
-    """Open the RDB storage at ``url``. ``create`` makes tables and checks the schema version
+def open_storage(url: str, *, create: bool) -> Any:
+    """Open the storage at ``url``. ``create`` makes tables and checks the schema version
     (the parent does that once); workers skip both to start fast."""
     import optuna
     import sqlalchemy
 
+    journal = journal_path(url)
+    if journal is not None:
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        backend = JournalFileBackend(str(journal), lock_obj=JournalFileOpenLock(str(journal)))
+        return optuna.storages.JournalStorage(backend)
     engine_kwargs: dict[str, Any] = {}
     db_path = sqlite_path(url)
+    extra: dict[str, Any] = {}
     if db_path is not None:
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
         if create:
             db_path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.closing(sqlite3.connect(db_path, timeout=SQLITE_BUSY_TIMEOUT_S)) as c:
                 c.execute("PRAGMA journal_mode=WAL")  # persistent in the file
+    else:
+        extra = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
     from ._fast_sqlite import FastSQLiteStorage
 
     storage_class = FastSQLiteStorage if db_path is not None else optuna.storages.RDBStorage
     try:
-        storage = storage_class(
-            url, engine_kwargs=engine_kwargs,
-            skip_table_creation=not create, skip_compatibility_check=not create)
-    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as exc:
-        raise HparamSearchError(f"cannot open the study storage: {exc}", source=url) from exc
+        with warnings.catch_warnings(), _schema_lock(url if create else None):
+            warnings.simplefilter("ignore")  # heartbeat options are marked experimental
+            storage = storage_class(url, engine_kwargs=engine_kwargs,
+                                    skip_table_creation=not create,
+                                    skip_compatibility_check=not create, **extra)
+    except ImportError as exc:
+        raise HparamSearchError(f"no database driver for this storage URL ({exc})",
+                                source=mask_secrets(url), key="storage",
+                                fix="Install the driver, e.g. pip install 'hparam-search[postgres]'."
+                                ) from exc
+    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, RuntimeError) as exc:
+        raise HparamSearchError(f"cannot open the study storage: {mask_secrets(str(exc))}",
+                                source=mask_secrets(url)) from exc
     if db_path is not None:
         sqlalchemy.event.listen(storage.engine, "connect", _tune_sqlite_connection)
     return storage
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str | None) -> Iterator[None]:
+    """Launchers started together on a fresh database would race to create Optuna's tables;
+    on a database server, one creates them while the others wait."""
+    if url is None or sqlite_path(url) is not None:
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with budget_lock(url, "schema", _EngineHolder(engine)):
+            yield
+    finally:
+        engine.dispose()
+
+
+@dataclass(frozen=True)
+class _EngineHolder:
+    engine: Any
 
 
 def create_or_load_study(storage: RDBStorage, study_name: str, directions: tuple[str, ...],
@@ -104,7 +190,7 @@ def enqueue_once(study: optuna.Study, entries: tuple[dict[str, Any], ...], url: 
     Returns how many were added. Recorded on the study, so a resumed run adds none twice."""
     if not entries:
         return 0
-    with budget_lock(url):
+    with budget_lock(url, study.study_name, getattr(study._storage, "_backend", study._storage)):
         done = list(study._storage.get_study_system_attrs(study._study_id).get(ENQUEUED_ATTR, []))
         seen = set(done)
         new = [e for e in entries if _canonical(e) not in seen]
@@ -132,9 +218,15 @@ def _canonical(entry: dict[str, Any]) -> str:
     return json.dumps(entry, sort_keys=True, default=str)
 
 
-def state_counts(storage: RDBStorage, study_id: int) -> dict[str, int]:
-    """Number of trials per state name, in one query."""
+def state_counts(storage: Any, study_id: int) -> dict[str, int]:
+    """Number of trials per state name, in one query where the storage is a database."""
     import sqlalchemy
+
+    if not hasattr(storage, "engine"):
+        counts: dict[str, int] = {}
+        for t in storage.get_all_trials(study_id, deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        return counts
 
     query = sqlalchemy.text(
         "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
@@ -156,22 +248,51 @@ def claimed(counts: dict[str, int]) -> int:
 
 
 @contextlib.contextmanager
-def budget_lock(url: str) -> Iterator[None]:
-    """Serialise "count the trials, then create one" across every process on this host.
+def budget_lock(url: str, study_name: str, storage: Any = None) -> Iterator[None]:
+    """Serialise "count the trials, then create one" across every process that shares the study.
 
-    The lock file sits beside the SQLite file; flock is released by the kernel when a holder
-    dies, so a killed worker never leaves it locked.
+    SQLite and journal files: a lock file beside the storage (flock; the kernel releases it
+    when a holder dies). PostgreSQL: a session advisory lock, which covers every host using the
+    database and is released when the holder's connection drops. MySQL: GET_LOCK, likewise.
     """
-    import fcntl
+    # (Optuna's journal uses "<file>.lock" itself, as a lock that exists only while held.)
+    local = sqlite_path(url) or journal_path(url)
+    if local is not None:
+        import fcntl
 
-    db_path = sqlite_path(url)
-    assert db_path is not None, "only SQLite storage uses a lock file"
-    fd = os.open(f"{db_path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing drops the lock
+        suffix = ".lock" if sqlite_path(url) else ".budget.lock"
+        fd = os.open(f"{local}{suffix}", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
+        return
+    import sqlalchemy
+
+    key = int.from_bytes(hashlib.sha256(f"hparam_search:{study_name}".encode()).digest()[:8],
+                         "big", signed=True)
+    engine = storage.engine
+    dialect = engine.dialect.name
+    with engine.connect() as conn:
+        if dialect == "postgresql":
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+        elif dialect in ("mysql", "mariadb"):
+            name = f"hparam_search_{key & 0xFFFFFFFF:x}"
+            conn.execute(sqlalchemy.text("SELECT GET_LOCK(:n, -1)"), {"n": name})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+        else:
+            raise HparamSearchError(f"no way to coordinate workers on a {dialect} database",
+                                    key="storage", fix="Use PostgreSQL, MySQL or SQLite.")
 
 
 @dataclass(frozen=True)
@@ -274,3 +395,43 @@ def _requeue_if_explicit(storage: RDBStorage, study_id: int, trial: Any) -> None
         study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id),
                                   storage=storage)
         study.enqueue_trial(fixed, skip_if_exists=False)
+
+
+@contextlib.contextmanager
+def heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
+    """While a trial runs on a database storage, record a heartbeat every HEARTBEAT_S, so that
+    if this process or its host dies, the trial is failed by a worker elsewhere (fail_stale)."""
+    if getattr(storage, "heartbeat_interval", None) is None:
+        yield
+        return
+    import threading
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
+                pass
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, name="hparam-search-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_stale(study: Any, storage: Any) -> None:
+    """Fail the trials whose heartbeat stopped more than GRACE_S ago (database storages)."""
+    if getattr(storage, "heartbeat_interval", None) is None:
+        return
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)

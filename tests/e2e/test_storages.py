@@ -1,0 +1,69 @@
+"""Other storages: PostgreSQL shared by several launchers, journal files, masked credentials."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hparam_search import storage as st
+from hparam_search.errors import HparamSearchError
+from tests.conftest import UserProject
+
+
+def test_two_launchers_with_four_workers_each_share_one_postgres_study(
+        project: UserProject, postgres_url: str) -> None:
+    project.write_config(n_jobs=4, n_trials=40, sleep=0.05, storage=postgres_url, tag="pg")
+    first, second = project.popen(), project.popen()
+    out1, _ = first.communicate(timeout=300)
+    out2, _ = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, out1 + out2
+    storage = optuna.storages.RDBStorage(st.resolve_storage(postgres_url, project.root))
+    try:
+        study = optuna.load_study(study_name="exp_pg", storage=storage)
+        trials = study.trials
+        run = study.user_attrs["hparam_search.run"]
+    finally:
+        storage.engine.dispose()
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 40 and "RUNNING" not in states
+    assert len(trials) == 40
+    for out in (out1, out2):
+        assert "s3cret" not in out
+        assert "postgres:***@127.0.0.1" in out
+    assert "s3cret" not in str(run)
+
+
+def test_a_plain_postgresql_url_uses_the_installed_driver(tmp_path: Path) -> None:
+    url = st.resolve_storage("postgresql://u:p@h/db", tmp_path)
+    assert url in ("postgresql+psycopg://u:p@h/db", "postgresql+psycopg2://u:p@h/db")
+
+
+def test_missing_postgres_driver_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(HparamSearchError) as info:
+        st.resolve_storage("postgresql://u:p@h/db", tmp_path)
+    assert str(info.value) == ("storage: a postgresql:// storage needs a PostgreSQL driver, and "
+                               "none is installed. pip install 'hparam-search[postgres]'")
+
+
+def test_journal_file_storage(project: UserProject) -> None:
+    project.write_config(n_jobs=2, n_trials=7, storage="journal:./journal/study.log")
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    path = project.root / "journal" / "study.log"
+    assert f"optuna-dashboard {path}" in result.stdout
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(path)))
+    study = optuna.load_study(study_name="exp_t", storage=storage)
+    assert [t.state.name for t in study.trials].count("COMPLETE") == 7
+    assert not project.db().exists()
+
+
+def test_credentials_are_masked_everywhere_they_could_show() -> None:
+    assert st.mask_secrets("python s.py --set storage=postgresql://me:pw@db:5432/x") == \
+        "python s.py --set storage=postgresql://me:***@db:5432/x"
+    assert st.dashboard_command("mysql+pymysql://a:b@h/d") == "optuna-dashboard mysql+pymysql://a:***@h/d"

@@ -86,10 +86,21 @@ class FastSQLiteStorage(RDBStorage):
             trial_id = cur.lastrowid
             number = cur.execute("SELECT number FROM trials WHERE trial_id = ?",
                                  (trial_id,)).fetchone()[0]
+            self._stamp_new(cur, trial_id)
         return FrozenTrial(number=number, state=TrialState.RUNNING, value=None, values=None,
                            datetime_start=start, datetime_complete=None, params={},
-                           distributions={}, user_attrs={}, system_attrs={},
+                           distributions={}, user_attrs={}, system_attrs=dict(self.new_trial_attrs),
                            intermediate_values={}, trial_id=trial_id)
+
+    # System attributes written in the same transaction that creates (or takes) a trial: a
+    # process killed right after can never leave a RUNNING trial that says nothing of its owner.
+    new_trial_attrs: dict[str, Any] = {}
+
+    def _stamp_new(self, cur: Any, trial_id: int) -> None:
+        for key, value in self.new_trial_attrs.items():
+            cur.execute("INSERT INTO trial_system_attributes (trial_id, key, value_json) "
+                        "VALUES (?, ?, ?) ON CONFLICT (trial_id, key) DO UPDATE SET "
+                        "value_json = excluded.value_json", (trial_id, key, json.dumps(value)))
 
     def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                          distribution: distributions.BaseDistribution,
@@ -122,7 +133,10 @@ class FastSQLiteStorage(RDBStorage):
                 # both get it.
                 cur.execute("UPDATE trials SET state = 'RUNNING', datetime_start = ? "
                             "WHERE trial_id = ? AND state = 'WAITING'", (now, trial_id))
-                return cur.rowcount == 1
+                if cur.rowcount != 1:
+                    return False
+                self._stamp_new(cur, trial_id)
+                return True
             self._updatable(cur, trial_id)
             for objective, value in enumerate(values or ()):
                 stored, kind = models.TrialValueModel.value_to_stored_repr(value)

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .space import ParamSpec
 EXIT_DONE = 0
 EXIT_FATAL = 3  # a message explaining why was sent first
 EXIT_INTERRUPTED = 4
+EXIT_RECYCLE = 5  # ran its one trial (isolate_trials): the launcher starts a fresh process
 _SEED_STRIDE = 1_000_003
 LOG_ATTR = "log_file"
 
@@ -54,6 +56,8 @@ class WorkerSpec:
     generation: int
     resumed_from: int  # finished trials when this launch began: varies seeds on resume
     logs_dir: str | None = None  # each trial's output goes to <logs_dir>/<number>.log
+    deadline: float | None = None  # wall-clock time after which no trial starts (`timeout`)
+    one_trial: bool = False  # leave after one trial (`isolate_trials`): a fresh process each
 
 
 def worker_seed(spec: WorkerSpec) -> int | None:
@@ -103,9 +107,23 @@ def main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
         storage = state.storage = st.open_storage(spec.url, create=False)
         study = _load_study(spec, storage)
         _loop(spec, study, storage, train, conn, state)
+    except _Recycle:
+        _leave(EXIT_RECYCLE)
     except HparamSearchError as exc:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher may be stopping us already
         _send(conn, ("fatal", str(exc)))
+        _leave(EXIT_FATAL)
+    except Exception as exc:  # noqa: BLE001 - not train's (run_trial catches those): storage
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        state.fail_current(f"the study storage failed: {exc}")
+        from .launcher import storage_failure
+
+        message = storage_failure(exc, f"worker {spec.rank}")
+        if os.environ.get("HPARAM_SEARCH_DEBUG"):
+            import traceback
+
+            message += "\n" + traceback.format_exc()
+        _send(conn, ("fatal", message))
         _leave(EXIT_FATAL)
     except (_trial.Interrupted, KeyboardInterrupt, EOFError, BrokenPipeError):
         # Stopped by the launcher, or the launcher is gone: give the slot back and leave.
@@ -190,6 +208,10 @@ def _load_study(spec: WorkerSpec, storage: Any) -> Any:
                              pruner=build_pruner(spec.pruner))
 
 
+class _Recycle(Exception):
+    """This worker ran its one trial (isolate_trials)."""
+
+
 class _Channel:
     """The pipe to the launcher, shared by the trial loop and the output-capture thread."""
 
@@ -214,7 +236,12 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
     info = _trial.TrialInfo(-1, spec.rank, spec.n_jobs, spec.study_name, spec.url)
     study_id = study._study_id
     channel = _Channel(conn)
+    atomic_owner = hasattr(storage, "new_trial_attrs")
+    if atomic_owner:
+        storage.new_trial_attrs = {st.OWNER_ATTR: owner}
     while True:
+        if spec.deadline is not None and time.time() >= spec.deadline:
+            return
         with st.budget_lock(spec.url, spec.study_name, storage):
             st.fail_stale(study, storage)
             if st.claimed(st.state_counts(storage, study_id)) >= spec.n_trials:
@@ -222,8 +249,9 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
             trial = study.ask()
             with state.lock:
                 state.trial_id = trial._trial_id
-            storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, owner)
-        channel.send(("start", trial.number))
+            if not atomic_owner:
+                storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, owner)
+        channel.send(("start", trial.number, trial._trial_id))
         with contextlib.ExitStack() as during:
             during.enter_context(st.heartbeat(storage, trial._trial_id))
             if spec.logs_dir:
@@ -243,6 +271,8 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
                 f"{_first_traceback(study)}",
                 fix=f"Fix train and run again (the study resumes), or set fail_fast: 0 to "
                     f"search on regardless.")
+        if spec.one_trial:
+            raise _Recycle()
 
 
 def _all_failed_so_far(study: Any, limit: int) -> bool:

@@ -37,6 +37,9 @@ class SearchConfig:
     fail_fast: int
     start_method: str | None
     storage: str | None
+    trial_timeout: float | None
+    timeout: float | None
+    isolate_trials: bool
     trial_logs: bool
     progress_interval: float
     params: tuple[ParamSpec, ...]
@@ -81,6 +84,9 @@ SETTINGS: dict[str, tuple[bool, Any]] = {
     "enqueue": (False, None),
     "trial_logs": (False, True),
     "storage": (False, None),
+    "trial_timeout": (False, None),
+    "timeout": (False, None),
+    "isolate_trials": (False, False),
     "progress_interval": (False, 30),
 }
 
@@ -299,6 +305,13 @@ def _validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, 
                                        or not out["storage"].strip()):
         fail("storage", "must be a database URL or journal:PATH", out["storage"],
              "Write e.g. 'storage: postgresql://user@host/db' or 'storage: journal:./s.log'.")
+    for key in ("trial_timeout", "timeout"):
+        value = out[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value <= 0):
+            fail(key, "must be a number of seconds > 0, or null", value)
+    if not isinstance(out["isolate_trials"], bool):
+        fail("isolate_trials", "must be true or false", out["isolate_trials"])
     if not isinstance(out["trial_logs"], bool):
         fail("trial_logs", "must be true or false", out["trial_logs"])
     interval = out["progress_interval"]

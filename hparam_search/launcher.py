@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import multiprocessing.connection
 import signal
 import threading
@@ -15,6 +16,7 @@ from . import _trial, _worker, storage as st
 from ._trial import TrialResult
 from .config import SearchConfig
 from .console import Console, Progress
+from .errors import HparamSearchError
 
 EXIT_OK = 0
 EXIT_SEARCH_FAILED = 1
@@ -61,6 +63,9 @@ class _Slot:
     conn: multiprocessing.connection.Connection
     ready: bool = False
     exited: bool = False
+    trial: tuple[int, int] | None = None  # (number, trial_id) of the trial it runs
+    trial_started: float = 0.0
+    timed_out: bool = False
 
 
 class Launcher:
@@ -86,6 +91,8 @@ class Launcher:
         self.crashes_in_a_row = 0
         self.all_pids: set[int] = set()
         self.wanted = 0
+        self.deadline: float | None = None  # wall clock: no trial starts after it (`timeout`)
+        self.timed_out_search = False
 
     # -- public --------------------------------------------------------------------------
     def run(self) -> int:
@@ -106,10 +113,17 @@ class Launcher:
             self._watch()
             if self.fatal:
                 code, headline = EXIT_SEARCH_FAILED, "Search stopped on an error"
+        except HparamSearchError:
+            raise
         except KeyboardInterrupt:
             code, headline = EXIT_SIGINT, "Search interrupted (Ctrl-C)"
         except _Terminated:
             code, headline = EXIT_SIGTERM, "Search terminated (SIGTERM)"
+        except Exception as exc:  # noqa: BLE001 - the storage failed under the launcher
+            if os.environ.get("HPARAM_SEARCH_DEBUG"):
+                raise
+            self.fatal = storage_failure(exc, "the launcher")
+            code, headline = EXIT_SEARCH_FAILED, "Search stopped on an error"
         finally:
             starter.join()
             self._stop_all()
@@ -117,7 +131,10 @@ class Launcher:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if self.study is not None:
-            self._summary(headline, time.monotonic() - started)
+            try:
+                self._summary(headline, time.monotonic() - started)
+            except Exception as exc:  # noqa: BLE001 - never hide the real outcome behind this
+                self.out.line(f"{headline}; the summary could not be read ({exc}).")
         return code
 
     # -- study ---------------------------------------------------------------------------
@@ -150,6 +167,8 @@ class Launcher:
                         dashboard=st.dashboard_command(self.plan.url), stale=stale)
         # Workers beyond what is left are told to quit when they report ready.
         self.wanted = min(self.cfg.n_jobs, remaining)
+        if self.cfg.timeout is not None:
+            self.deadline = time.time() + self.cfg.timeout
         self.progress.done = self.done
         self.out.start_progress(self.progress)
         return True
@@ -167,7 +186,8 @@ class Launcher:
             sampler=self.cfg.sampler, pruner=self.cfg.pruner,
             objective=_trial.Objective(self.cfg.directions, self.cfg.metric, self.cfg.metrics),
             fail_fast=self.cfg.fail_fast, rank=rank, generation=generation, resumed_from=0,
-            logs_dir=str(self.plan.logs_dir) if self.cfg.trial_logs else None)
+            logs_dir=str(self.plan.logs_dir) if self.cfg.trial_logs else None,
+            one_trial=self.cfg.isolate_trials)
         process = self.ctx.Process(target=_worker.main, args=(spec, child_conn),
                                    name=f"hparam-search-worker-{rank}", daemon=False)
         process.start()
@@ -186,8 +206,10 @@ class Launcher:
                     return
                 continue
             waitables = [s.conn for s in live] + [s.process.sentinel for s in live]
-            ready = multiprocessing.connection.wait(waitables, timeout=1.0)
+            tick = 0.25 if self.cfg.trial_timeout or self.deadline else 1.0
+            ready = multiprocessing.connection.wait(waitables, timeout=tick)
             self.out.progress(self.progress)
+            self._enforce_timeouts()
             for slot in live:
                 if slot.conn in ready or slot.process.sentinel in ready:
                     self._drain(slot)
@@ -207,13 +229,16 @@ class Launcher:
             slot.ready = True
             busy = sum(1 for s in self._live() if s.ready and s is not slot)
             go = self.accepting and not self.fatal and busy < self.wanted
-            slot.conn.send(("go", {"resumed_from": self.done_at_start}) if go else ("quit",))
+            slot.conn.send(("go", {"resumed_from": self.done_at_start,
+                                   "deadline": self.deadline}) if go else ("quit",))
         elif kind == "start":
+            slot.trial, slot.trial_started = (msg[1], msg[2]), time.monotonic()
             self.progress.running += 1
             self.out.progress(self.progress)
         elif kind == "out":
             self.out.raw(msg[1])
         elif kind == "trial":
+            slot.trial = None
             result: TrialResult = msg[1]
             self._count(result)
             self.out.trial(result, self.done, self.cfg.n_trials)
@@ -241,10 +266,45 @@ class Launcher:
                 if better:
                     p.best_value, p.best_trial = result.value, result.number
 
+    def _enforce_timeouts(self) -> None:
+        if self.deadline is not None and not self.timed_out_search and time.time() >= self.deadline:
+            # Workers start no new trial after the deadline; running ones finish.
+            self.timed_out_search = True
+            self.out.line(f"timeout: {self.cfg.timeout:g}s reached; no new trials start, "
+                          f"running ones finish (Ctrl-C stops them)")
+        limit = self.cfg.trial_timeout
+        if limit is None:
+            return
+        from optuna.trial import TrialState
+
+        for slot in self._live():
+            if slot.trial and not slot.timed_out and \
+                    time.monotonic() - slot.trial_started > limit:
+                slot.timed_out = True
+                slot.process.kill()
+                slot.process.join()
+                number, trial_id = slot.trial
+                reason = f"timeout: still running after {limit:g}s"
+                try:
+                    self.storage.set_trial_user_attr(trial_id, _trial.PRUNE_REASON_ATTR, reason)
+                    self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+                except RuntimeError:  # it finished in the meantime
+                    continue
+                self._drain(slot)
+                params = self.storage.get_trial(trial_id).params
+                result = TrialResult(number, "PRUNED", None, params, time.monotonic()
+                                     - slot.trial_started, slot.rank, reason)
+                self._count(result)
+                self.out.trial(result, self.done, self.cfg.n_trials)
+
     def _on_exit(self, slot: _Slot) -> None:
         slot.process.join()
         slot.exited = True
         code = slot.process.exitcode
+        if slot.timed_out or code == _worker.EXIT_RECYCLE:
+            if self.accepting and not self.timed_out_search:
+                self._start(slot.rank, slot.generation + 1)  # a fresh process for the slot
+            return
         if code == _worker.EXIT_DONE or not self.accepting:
             return
         if code == _worker.EXIT_FATAL:
@@ -277,6 +337,9 @@ class Launcher:
         self._start(slot.rank, slot.generation + 1)
 
     def _restart_if_short(self) -> bool:
+        self._enforce_timeouts()
+        if self.timed_out_search:
+            return False
         """All workers left but the budget is not met: a trial failed after the others had found
         no free slot, or trials are still running elsewhere (another launcher, a process that
         died). Start another round when a slot is free, wait while others hold the slots.
@@ -319,12 +382,18 @@ class Launcher:
             slot.exited = True
             slot.conn.close()
         if self.storage is not None and self.study is not None:
-            st.fail_trials_of(self.storage, self.study._study_id, self.all_pids,
-                              "interrupted: the search was stopped")
+            try:
+                st.fail_trials_of(self.storage, self.study._study_id, self.all_pids,
+                                  "interrupted: the search was stopped")
+            except Exception as exc:  # noqa: BLE001 - storage down or full: the next run recovers
+                self.out.line(f"could not mark interrupted trials FAIL ({exc}); the next run "
+                              "of this command will")
 
     def _summary(self, headline: str, wall_s: float) -> None:
         counts = self._counts()
-        if headline == "Search finished" and st.finished(counts) < self.cfg.n_trials:
+        if headline == "Search finished" and self.timed_out_search:
+            headline = f"Search stopped at its timeout ({self.cfg.timeout:g}s)"
+        elif headline == "Search finished" and st.finished(counts) < self.cfg.n_trials:
             headline = "Search ended short of its budget"
         from optuna.trial import TrialState
 
@@ -334,6 +403,14 @@ class Launcher:
                          directions=self.cfg.directions, wall_s=wall_s,
                          dashboard=st.dashboard_command(self.plan.url),
                          resume=self.plan.resume_command)
+
+
+def storage_failure(exc: BaseException, who: str) -> str:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return st.mask_secrets(
+        f"the study storage failed in {who}: {type(exc).__name__}: {detail}. Check that the "
+        "database is reachable and its disk is writable and not full; the study resumes where "
+        "it stopped.")
 
 
 def run_metadata(plan: LaunchPlan) -> dict[str, Any]:

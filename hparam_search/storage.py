@@ -38,6 +38,7 @@ JOURNAL_PREFIX = "journal:"
 # Database storages: a trial whose heartbeat stops for GRACE_S (its process or host died) is
 # failed by the next worker that claims a trial, from any host.
 HEARTBEAT_S = 10
+ORPHAN_S = 120  # a RUNNING trial with no owner recorded this long is abandoned
 GRACE_S = 60
 _SECRET = re.compile(r"(\b[a-z][\w+.-]*://[^:/@\s]*:)([^@\s]+)(@)", re.IGNORECASE)
 
@@ -73,6 +74,13 @@ def resolve_storage(value: str, base: Path) -> str:
         if value.startswith(plain):
             return "postgresql+" + _postgres_driver() + "://" + value[len(plain):]
     return value
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _postgres_driver() -> str:
@@ -114,9 +122,20 @@ def open_storage(url: str, *, create: bool) -> Any:
     if db_path is not None:
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
         if create:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.closing(sqlite3.connect(db_path, timeout=SQLITE_BUSY_TIMEOUT_S)) as c:
-                c.execute("PRAGMA journal_mode=WAL")  # persistent in the file
+            try:
+                db_path.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.closing(sqlite3.connect(db_path, timeout=SQLITE_BUSY_TIMEOUT_S)
+                                        ) as c:
+                    c.execute("PRAGMA journal_mode=WAL")  # persistent in the file
+                os.close(os.open(f"{db_path}.lock", os.O_RDWR | os.O_CREAT, 0o644))
+            except (OSError, sqlite3.Error) as exc:
+                problem = f"cannot write the study file: {exc}"
+                if _read_only(db_path.parent):
+                    problem = "the study's folder is on a read-only filesystem"
+                raise HparamSearchError(
+                    problem, source=str(db_path),
+                    fix="The search needs a writable folder with free space (save_db_directory)."
+                ) from exc
     else:
         extra = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
     from ._fast_sqlite import FastSQLiteStorage
@@ -134,8 +153,11 @@ def open_storage(url: str, *, create: bool) -> Any:
                                 fix="Install the driver, e.g. pip install 'hparam-search[postgres]'."
                                 ) from exc
     except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, RuntimeError) as exc:
-        raise HparamSearchError(f"cannot open the study storage: {mask_secrets(str(exc))}",
-                                source=mask_secrets(url)) from exc
+        cause = getattr(exc, "orig", None) or exc  # the driver's message, not the SQL
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(exc).__name__
+        raise HparamSearchError(f"cannot open the study storage: {mask_secrets(first)}",
+                                source=mask_secrets(url),
+                                fix="Check that it is reachable, writable and not full.") from exc
     if db_path is not None:
         sqlalchemy.event.listen(storage.engine, "connect", _tune_sqlite_connection)
     return storage
@@ -143,10 +165,14 @@ def open_storage(url: str, *, create: bool) -> Any:
 
 @contextlib.contextmanager
 def _schema_lock(url: str | None) -> Iterator[None]:
-    """Launchers started together on a fresh database would race to create Optuna's tables;
-    on a database server, one creates them while the others wait."""
-    if url is None or sqlite_path(url) is not None:
+    """Launchers started together on a fresh database would race to create Optuna's tables:
+    one creates them while the others wait."""
+    if url is None:
         yield
+        return
+    if sqlite_path(url) is not None:
+        with budget_lock(url, "schema"):
+            yield
         return
     import sqlalchemy
 
@@ -372,11 +398,21 @@ def fail_trials_of(storage: RDBStorage, study_id: int, pids: set[int] | None, re
                    ) -> list[int]:
     """Mark FAIL the RUNNING trials whose process on this host is in ``pids`` or, with
     ``pids=None``, is dead. Returns the trial numbers."""
+    import datetime
+
     host = socket.gethostname()
     numbers = []
     for trial in running_trials(storage, study_id):
         owner = Owner.from_attr(trial.system_attrs.get(OWNER_ATTR))
-        if owner is None or owner.host != host:
+        if owner is None:
+            # Created by a process that died before saying who it was (only possible where the
+            # owner is a separate write, i.e. not on SQLite): fail it once clearly abandoned.
+            age = datetime.datetime.now() - (trial.datetime_start or datetime.datetime.now())
+            if pids is None and age.total_seconds() > ORPHAN_S and \
+                    fail_trial(storage, trial._trial_id, reason):
+                numbers.append(trial.number)
+            continue
+        if owner.host != host:
             continue
         hit = owner.pid in pids if pids is not None else not owner.is_alive()
         if hit and fail_trial(storage, trial._trial_id, reason):

@@ -131,6 +131,18 @@ class UserProject:
         finally:
             storage.engine.dispose()
 
+    def live_count(self) -> int:
+        """Trials in the study file right now, read while a search may be writing it."""
+        import sqlite3
+
+        if not self.db().exists():
+            return 0
+        try:
+            with sqlite3.connect(self.db(), timeout=5) as conn:
+                return conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+
     def dump(self, study: str = "exp_t") -> list[str]:
         """Everything stored in the study file, as SQL: compares content, not page layout
         (a checkpoint of the write-ahead log rewrites pages without changing anything)."""

@@ -36,6 +36,7 @@ class TrialInfo:
     study_name: str
     storage: str
     params: dict[str, Any] = field(default_factory=dict)
+    gpu: str | None = None  # the GPU this worker sees (as CUDA device 0), when `gpus` is set
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], 
     values = suggest(trial, params)
     config = merge_params(fixed, values)
     _current = TrialInfo(trial.number, info.rank, info.n_jobs, info.study_name, info.storage,
-                         values)
+                         values, info.gpu)
     _optuna_trial, _last_step = trial, None
     start = time.perf_counter()
 
@@ -214,10 +215,25 @@ def _prune(study: optuna.Study, trial: optuna.Trial, result: Callable[..., Trial
            reason: str, tb: str) -> TrialResult:
     from optuna.trial import TrialState
 
+    _release_gpu_memory()  # after a CUDA out-of-memory error the next trial needs it back
     trial.set_user_attr(ERROR_ATTR, reason)
     trial.set_user_attr(TRACEBACK_ATTR, tb)
     study.tell(trial, state=TrialState.PRUNED)
     return result("PRUNED", reason=reason, tb=tb)
+
+
+def _release_gpu_memory() -> None:
+    import gc
+    import sys
+
+    gc.collect()  # the failed trial's tensors are garbage now (its frames are gone)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - best effort; the worker carries on regardless
+            pass
 
 
 def _as_number(value: Any) -> float | None:

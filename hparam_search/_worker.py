@@ -58,6 +58,7 @@ class WorkerSpec:
     logs_dir: str | None = None  # each trial's output goes to <logs_dir>/<number>.log
     deadline: float | None = None  # wall-clock time after which no trial starts (`timeout`)
     one_trial: bool = False  # leave after one trial (`isolate_trials`): a fresh process each
+    gpu: str | None = None  # CUDA_VISIBLE_DEVICES for this worker
 
 
 def worker_seed(spec: WorkerSpec) -> int | None:
@@ -88,6 +89,8 @@ def resolve_train(module: str, qualname: str) -> Callable[[dict], Any]:
 
 def main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
     """Process entry point."""
+    if spec.gpu is not None:  # before train's code can initialise CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = spec.gpu
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher turns Ctrl-C into SIGTERM
     signal.signal(signal.SIGTERM, _raise_interrupted)
     for stream in (sys.stdout, sys.stderr):  # train's prints show up (and reach logs) at once
@@ -233,7 +236,7 @@ class _Channel:
 def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], Any],
           conn: multiprocessing.connection.Connection, state: _State) -> None:
     owner = st.Owner.me(spec.rank).as_attr()
-    info = _trial.TrialInfo(-1, spec.rank, spec.n_jobs, spec.study_name, spec.url)
+    info = _trial.TrialInfo(-1, spec.rank, spec.n_jobs, spec.study_name, spec.url, gpu=spec.gpu)
     study_id = study._study_id
     channel = _Channel(conn)
     atomic_owner = hasattr(storage, "new_trial_attrs")

@@ -40,6 +40,8 @@ class SearchConfig:
     trial_timeout: float | None
     timeout: float | None
     isolate_trials: bool
+    gpus: tuple[str, ...] | None
+    workers_per_gpu: int
     trial_logs: bool
     progress_interval: float
     params: tuple[ParamSpec, ...]
@@ -87,6 +89,8 @@ SETTINGS: dict[str, tuple[bool, Any]] = {
     "trial_timeout": (False, None),
     "timeout": (False, None),
     "isolate_trials": (False, False),
+    "gpus": (False, None),
+    "workers_per_gpu": (False, 1),
     "progress_interval": (False, 30),
 }
 
@@ -310,6 +314,22 @@ def _validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, 
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or value <= 0):
             fail(key, "must be a number of seconds > 0, or null", value)
+    integer("workers_per_gpu", 1)
+    gpus = out["gpus"]
+    if gpus == "auto":
+        gpus = detect_gpus()
+        if not gpus:
+            fail("gpus", "auto found no GPU (nvidia-smi lists none)", "auto",
+                 "Remove 'gpus' to run on the CPU, or list the GPU ids.")
+    if gpus is not None:
+        if not isinstance(gpus, list) or not gpus or not all(
+                isinstance(g, (int, str)) and not isinstance(g, bool) for g in gpus):
+            fail("gpus", "must be a list of GPU ids or 'auto'", out["gpus"],
+                 "Write e.g. 'gpus: [0, 1]' or 'gpus: auto'.")
+        gpus = tuple(str(g) for g in gpus)
+        # One worker per GPU (or workers_per_gpu each): n_jobs follows from the GPUs.
+        out["n_jobs"] = len(gpus) * out["workers_per_gpu"]
+    out["gpus"] = gpus
     if not isinstance(out["isolate_trials"], bool):
         fail("isolate_trials", "must be true or false", out["isolate_trials"])
     if not isinstance(out["trial_logs"], bool):
@@ -352,3 +372,18 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def detect_gpus() -> list[str]:
+    """The GPU ids this machine offers: CUDA_VISIBLE_DEVICES if set, else nvidia-smi's list."""
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(listed.stdout.splitlines())
+            if line.startswith("GPU ")] if listed.returncode == 0 else []

@@ -122,7 +122,7 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
         raise HparamSearchError("--jsonl goes with --dry-run", source="command line",
                                 fix="Add --dry-run.")
     start_method = (cfg.start_method or multiprocessing.get_start_method(allow_none=True)
-                    or default_start_method())
+                    or ("spawn" if cfg.gpus else default_start_method()))
     plan = LaunchPlan(
         config=cfg, script=script, module=fn.__module__, qualname=fn.__qualname__,
         db_dir=db_dir, url=url, start_method=start_method,
@@ -145,7 +145,8 @@ def _dry_run(cfg: SearchConfig, where: str, jsonl: str | None) -> None:
 
 def default_start_method() -> str:
     """forkserver where it is safe and fast (Linux: one server imports the script, workers are
-    forks of a process that never touched CUDA or threads); spawn elsewhere."""
+    forks of a process that never touched CUDA or threads); spawn elsewhere, and with `gpus`
+    (each worker then starts with its own CUDA_VISIBLE_DEVICES from its first line)."""
     return "forkserver" if sys.platform.startswith("linux") else "spawn"
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
-import os
 import multiprocessing.connection
+import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,7 +165,9 @@ class Launcher:
             return False
         self.out.banner(study=self.cfg.study_name, db=self.plan.where, done=self.done,
                         target=self.cfg.n_trials, n_workers=min(self.cfg.n_jobs, remaining),
-                        start_method=self.plan.start_method,
+                        start_method=self.plan.start_method + (
+                            f"; GPUs {', '.join(self._gpu_of(r) or '' for r in range(self.cfg.n_jobs))}"
+                            if self.cfg.gpus else ""),
                         dashboard=st.dashboard_command(self.plan.url), stale=stale)
         # Workers beyond what is left are told to quit when they report ready.
         self.wanted = min(self.cfg.n_jobs, remaining)
@@ -187,13 +191,18 @@ class Launcher:
             objective=_trial.Objective(self.cfg.directions, self.cfg.metric, self.cfg.metrics),
             fail_fast=self.cfg.fail_fast, rank=rank, generation=generation, resumed_from=0,
             logs_dir=str(self.plan.logs_dir) if self.cfg.trial_logs else None,
-            one_trial=self.cfg.isolate_trials)
+            one_trial=self.cfg.isolate_trials, gpu=self._gpu_of(rank))
         process = self.ctx.Process(target=_worker.main, args=(spec, child_conn),
                                    name=f"hparam-search-worker-{rank}", daemon=False)
-        process.start()
+        with _environment("CUDA_VISIBLE_DEVICES", spec.gpu):
+            process.start()  # spawn: the new interpreter sees its GPU from its first line
         child_conn.close()
         self.all_pids.add(process.pid)
         self.slots.append(_Slot(rank, generation, process, parent_conn))
+
+    def _gpu_of(self, rank: int) -> str | None:
+        gpus = self.cfg.gpus
+        return None if not gpus else gpus[(rank // self.cfg.workers_per_gpu) % len(gpus)]
 
     def _live(self) -> list[_Slot]:
         return [s for s in self.slots if not s.exited]
@@ -489,6 +498,22 @@ class _Starter(threading.Thread):
         self.join()
         if self.error is not None:
             raise self.error
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    if value is None:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

@@ -31,6 +31,7 @@ def test_two_launchers_with_four_workers_each_share_one_postgres_study(
     assert states.count("COMPLETE") == 40 and "RUNNING" not in states
     assert len(trials) == 40
     for out in (out1, out2):
+        assert "Warning" not in out and "Traceback" not in out
         assert "s3cret" not in out
         assert "postgres:***@127.0.0.1" in out
     assert "s3cret" not in str(run)

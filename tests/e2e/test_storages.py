@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 from pathlib import Path
 
@@ -68,3 +69,35 @@ def test_credentials_are_masked_everywhere_they_could_show() -> None:
     assert st.mask_secrets("python s.py --set storage=postgresql://me:pw@db:5432/x") == \
         "python s.py --set storage=postgresql://me:***@db:5432/x"
     assert st.dashboard_command("mysql+pymysql://a:b@h/d") == "optuna-dashboard mysql+pymysql://a:***@h/d"
+
+
+def test_a_trial_left_running_by_a_dead_host_is_failed_after_its_heartbeat_stops(
+        project: UserProject, postgres_url: str) -> None:
+    project.write_config(n_jobs=2, n_trials=6, storage=postgres_url, tag="hb")
+    url = st.resolve_storage(postgres_url, project.root)
+    # Another machine's worker claimed a trial, beat once 10 minutes ago, then vanished.
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        study = optuna.create_study(study_name="exp_hb", storage=storage)
+        trial = study.ask()
+        trial.suggest_float("x", -5.0, 5.0)
+        storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR,
+                                      {"host": "elsewhere", "pid": 1, "started": 1, "rank": 0})
+        import sqlalchemy
+
+        with storage.engine.begin() as conn:
+            conn.execute(sqlalchemy.text(
+                "INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:t, :h)"),
+                {"t": trial._trial_id, "h": datetime.datetime.now() - datetime.timedelta(minutes=10)})
+    finally:
+        storage.engine.dispose()
+    result = project.run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        trials = optuna.load_study(study_name="exp_hb", storage=storage).trials
+    finally:
+        storage.engine.dispose()
+    assert trials[0].state.name == "FAIL"  # the dead host's trial
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 6 and "RUNNING" not in states

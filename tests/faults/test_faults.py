@@ -255,3 +255,26 @@ def _trials(folder: Path) -> list:
         return optuna.load_study(study_name="exp_t", storage=storage).trials
     finally:
         storage.engine.dispose()
+
+
+def test_search_timeout_starts_no_new_trial_after_the_deadline(project: UserProject) -> None:
+    setup(project, n_trials=100, sleep=0.5, timeout=2)
+    start = time.monotonic()
+    result = project.run(timeout=120)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    assert "Search stopped at its timeout (2s)" in result.stdout
+    trials = project.trials()
+    assert 2 <= len(trials) < 100 and elapsed < 15
+    deadline_passed = min(t.datetime_start for t in trials).timestamp() + 2 + 0.5
+    assert all(t.datetime_start.timestamp() < deadline_passed for t in trials)
+    assert report(project, result.stdout)["running"] == 0
+
+
+def test_isolate_trials_runs_every_trial_in_a_new_process(project: UserProject) -> None:
+    setup(project, n_trials=6, isolate_trials=True)
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    pids = [t.system_attrs["hparam_search:owner"]["pid"] for t in project.trials()]
+    assert len(set(pids)) == 6
+    assert report(project, result.stdout) == {"lost": 0, "finished": 6, "running": 0}

@@ -247,7 +247,7 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
     while True:
         if spec.deadline is not None and time.time() >= spec.deadline:
             return
-        with st.budget_lock(spec.url, spec.study_name, storage):
+        with st.budget_lock(spec.url, spec.study_name, getattr(storage, "engine", None)):
             st.fail_stale(study, storage)
             if st.claimed(st.state_counts(storage, study_id)) >= spec.n_trials:
                 return  # ask() below takes a WAITING trial first, if there is one

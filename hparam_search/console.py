@@ -88,10 +88,10 @@ class Console:
                           transient=True)
         self._live.start()
 
-    def progress(self, progress: Progress, *, force: bool = False) -> None:
+    def progress(self, progress: Progress) -> None:
         if self._live is not None:
             self._live.update(self._render(progress))
-        elif force or time.monotonic() - self._last_plain >= self.interval:
+        elif time.monotonic() - self._last_plain >= self.interval:
             self._last_plain = time.monotonic()
             self.line(f"progress: {progress.text()}")
 

@@ -106,7 +106,8 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
             fix="Call it only under 'if __name__ == \"__main__\":' so workers can import the "
                 "script without starting another search.")
     script = _script_of(fn)
-    args = _parse_args(_parser(script), argv)
+    # argparse prints its own one-line usage error and exits 2: the same contract as ours.
+    args = _parser(script).parse_args(list(argv))
     path = _config_file(script, config_path, args.config)
     cfg = load_config(path, args.overrides, not_found_hint=_not_found_hint(script, path))
     db_dir = Path(save_db_directory)
@@ -148,11 +149,6 @@ def default_start_method() -> str:
     forks of a process that never touched CUDA or threads); spawn elsewhere, and with `gpus`
     (each worker then starts with its own CUDA_VISIBLE_DEVICES from its first line)."""
     return "forkserver" if sys.platform.startswith("linux") else "spawn"
-
-
-def _parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
-    # argparse prints its own one-line usage error and exits 2: the same contract as ours.
-    return parser.parse_args(list(argv))
 
 
 def _script_of(fn: Callable[..., Any]) -> Path:

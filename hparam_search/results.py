@@ -228,15 +228,15 @@ def plot(study: Any, folder: Path) -> list[Path]:
         raise HparamSearchError(f"study '{study.study_name}' has no completed trial to plot")
     multi = len(study.directions) > 1
     params = sorted({p for t in complete for p in t.params})
-    charts: list[tuple[str, Any, Any]] = []
+    charts: list[tuple[str, Any]] = []  # (name, draw(module) -> figure) for either backend
     if multi:
-        charts.append(("pareto_front", lambda m: m.plot_pareto_front(study), None))
+        charts.append(("pareto_front", lambda m: m.plot_pareto_front(study)))
         target = {"target": lambda t: t.values[0], "target_name": study.metric_names[0]
                   if study.metric_names else "objective 0"}
     else:
         target = {}
     charts.append(("optimization_history",
-                   lambda m: m.plot_optimization_history(study, **target), None))
+                   lambda m: m.plot_optimization_history(study, **target)))
     important = params
     if len(params) > 1 and len(complete) > 1:
         from optuna.importance import get_param_importances
@@ -245,26 +245,26 @@ def plot(study: Any, folder: Path) -> list[Path]:
             important = list(get_param_importances(
                 study, **({"target": target["target"]} if target else {})))
             charts.append(("param_importances",
-                           lambda m: m.plot_param_importances(study, **target), None))
+                           lambda m: m.plot_param_importances(study, **target)))
         except (RuntimeError, ValueError):
             pass
     for p in params:
-        charts.append((f"slice_{p}", lambda m, p=p: m.plot_slice(study, params=[p], **target),
-                       None))
+        charts.append((f"slice_{p}", lambda m, p=p: m.plot_slice(study, params=[p], **target)))
     if params:
         charts.append(("parallel_coordinate",
-                       lambda m: m.plot_parallel_coordinate(study, **target), None))
+                       lambda m: m.plot_parallel_coordinate(study, **target)))
     if len(important) >= 2:
         pair = important[:2]
-        charts.append(("contour", lambda m: m.plot_contour(study, params=pair, **target), None))
+        charts.append(("contour", lambda m: m.plot_contour(study, params=pair, **target)))
     written: list[Path] = []
     html_parts = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
-        for name, make, _ in charts:
+        for name, make in charts:
             ax = make(mvis)
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            fig.set_size_inches(8, 5) if fig.get_size_inches()[0] < 8 else None
+            if fig.get_size_inches()[0] < 8:
+                fig.set_size_inches(8, 5)
             png = folder / f"{name}.png"
             fig.savefig(png, dpi=100, bbox_inches="tight")
             plt.close(fig)

@@ -178,15 +178,10 @@ def _schema_lock(url: str | None) -> Iterator[None]:
 
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
-        with budget_lock(url, "schema", _EngineHolder(engine)):
+        with budget_lock(url, "schema", engine):
             yield
     finally:
         engine.dispose()
-
-
-@dataclass(frozen=True)
-class _EngineHolder:
-    engine: Any
 
 
 def create_or_load_study(storage: RDBStorage, study_name: str, directions: tuple[str, ...],
@@ -216,7 +211,8 @@ def enqueue_once(study: optuna.Study, entries: tuple[dict[str, Any], ...], url: 
     Returns how many were added. Recorded on the study, so a resumed run adds none twice."""
     if not entries:
         return 0
-    with budget_lock(url, study.study_name, getattr(study._storage, "_backend", study._storage)):
+    backend = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache
+    with budget_lock(url, study.study_name, getattr(backend, "engine", None)):
         done = list(study._storage.get_study_system_attrs(study._study_id).get(ENQUEUED_ATTR, []))
         seen = set(done)
         new = [e for e in entries if _canonical(e) not in seen]
@@ -274,11 +270,11 @@ def claimed(counts: dict[str, int]) -> int:
 
 
 @contextlib.contextmanager
-def budget_lock(url: str, study_name: str, storage: Any = None) -> Iterator[None]:
+def budget_lock(url: str, study_name: str, engine: Any = None) -> Iterator[None]:
     """Serialise "count the trials, then create one" across every process that shares the study.
 
     SQLite and journal files: a lock file beside the storage (flock; the kernel releases it
-    when a holder dies). PostgreSQL: a session advisory lock, which covers every host using the
+    when a holder dies); ``engine`` (the database's SQLAlchemy engine) is needed otherwise. PostgreSQL: a session advisory lock, which covers every host using the
     database and is released when the holder's connection drops. MySQL: GET_LOCK, likewise.
     """
     # (Optuna's journal uses "<file>.lock" itself, as a lock that exists only while held.)
@@ -298,7 +294,6 @@ def budget_lock(url: str, study_name: str, storage: Any = None) -> Iterator[None
 
     key = int.from_bytes(hashlib.sha256(f"hparam_search:{study_name}".encode()).digest()[:8],
                          "big", signed=True)
-    engine = storage.engine
     dialect = engine.dialect.name
     with engine.connect() as conn:
         if dialect == "postgresql":

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 65536
 
@@ -44,18 +45,46 @@ def captured(log_path: Path, prefix: str, relay: Callable[[str], None]) -> Itera
 
 def _pump(read_fd: int, log_path: Path, prefix: str, relay: Callable[[str], None]) -> None:
     pending = b""
-    with open(log_path, "ab", buffering=0) as log, os.fdopen(read_fd, "rb", buffering=0) as pipe:
+    log = _open_log(log_path)
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
         while True:
             chunk = pipe.read(_CHUNK)
             if not chunk:
                 break
-            log.write(chunk)
+            if log is not None:
+                try:
+                    log.write(chunk)
+                except OSError:  # a full disk: the console still gets the output
+                    log.close()
+                    log = None
             pending += chunk
             *lines, pending = pending.split(b"\n")
             if lines:
                 relay("".join(f"{prefix}{line.decode(errors='replace')}\n" for line in lines))
         if pending:
             relay(f"{prefix}{pending.decode(errors='replace')}\n")
+    if log is not None:
+        try:
+            log.close()
+        except OSError:
+            pass
+
+
+def _open_log(log_path: Path) -> Any:
+    try:
+        return open(log_path, "ab", buffering=0)  # noqa: SIM115 - closed by _pump
+    except OSError:
+        return None
+
+
+def append(log_path: Path, text: str) -> None:
+    """Add ``text`` to a trial's log after its capture ended (best effort: a full disk loses
+    it, as it loses the output itself)."""
+    try:
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(text if text.endswith("\n") else text + "\n")
+    except OSError:
+        pass
 
 
 def _flush(stream: object) -> None:

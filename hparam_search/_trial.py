@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import HparamSearchError
 from .space import ParamSpec, merge_params, suggest
+from .storage.counts import ERROR_ATTR, PRUNE_REASON_ATTR
 
 if TYPE_CHECKING:
     import optuna
 
-ERROR_ATTR = "error"
 TRACEBACK_ATTR = "traceback"
-PRUNE_REASON_ATTR = "prune_reason"
 METRIC_ATTR_PREFIX = "metric."
 
 
@@ -101,6 +100,7 @@ class TrialResult:
     rank: int
     reason: str | None = None  # why it was pruned / failed, one line
     traceback: str | None = None
+    pruned_by: str | None = None  # PRUNED only: "pruner", "error" or "timeout"
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], Any],
@@ -125,9 +125,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], 
     start = time.perf_counter()
 
     def result(state: str, value: Any = None, reason: str | None = None,
-               tb: str | None = None) -> TrialResult:
+               tb: str | None = None, pruned_by: str | None = None) -> TrialResult:
         return TrialResult(trial.number, state, value, values, time.perf_counter() - start,
-                           info.rank, reason, tb)
+                           info.rank, reason, tb, pruned_by)
 
     try:
         returned = train(config)
@@ -137,7 +137,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], 
                                                            else "")
         trial.set_user_attr(PRUNE_REASON_ATTR, reason)
         study.tell(trial, state=TrialState.PRUNED)
-        return result("PRUNED", reason=reason)
+        return result("PRUNED", reason=reason, pruned_by="pruner")
     except SystemExit as exc:
         reason, tb = f"train called sys.exit({exc.code!r})", traceback.format_exc()
         return _prune(study, trial, result, reason, tb)
@@ -156,10 +156,12 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], 
         trial.set_user_attr(f"{METRIC_ATTR_PREFIX}{name}", number)
     bad = [v for v in numbers if not math.isfinite(v)]
     if bad:
+        # Not the pruner's doing: counted with the errors.
         reason = f"train returned {bad[0]}"
         trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+        trial.set_user_attr(ERROR_ATTR, reason)
         study.tell(trial, state=TrialState.PRUNED)
-        return result("PRUNED", reason=reason)
+        return result("PRUNED", reason=reason, pruned_by="error")
     study.tell(trial, numbers if len(numbers) > 1 else numbers[0])
     return result("COMPLETE", numbers if len(numbers) > 1 else numbers[0])
 
@@ -219,7 +221,7 @@ def _prune(study: optuna.Study, trial: optuna.Trial, result: Callable[..., Trial
     trial.set_user_attr(ERROR_ATTR, reason)
     trial.set_user_attr(TRACEBACK_ATTR, tb)
     study.tell(trial, state=TrialState.PRUNED)
-    return result("PRUNED", reason=reason, tb=tb)
+    return result("PRUNED", reason=reason, tb=tb, pruned_by="error")
 
 
 def _release_gpu_memory() -> None:

@@ -59,6 +59,8 @@ class WorkerSpec:
     deadline: float | None = None  # wall-clock time after which no trial starts (`timeout`)
     one_trial: bool = False  # leave after one trial (`isolate_trials`): a fresh process each
     gpu: str | None = None  # CUDA_VISIBLE_DEVICES for this worker
+    run_id: int = 0  # this run's index in the study's run records, stored on each trial
+    threads: int | None = None  # torch's intra-op threads, when the launcher chose them
 
 
 def worker_seed(spec: WorkerSpec) -> int | None:
@@ -99,6 +101,7 @@ def main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
     state = _State()
     try:
         train = resolve_train(spec.module, spec.qualname)
+        _limit_torch_threads(spec.threads)
         _preload()
 
         _watch_launcher(state)
@@ -116,12 +119,10 @@ def main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher may be stopping us already
         _send(conn, ("fatal", str(exc)))
         _leave(EXIT_FATAL)
-    except Exception as exc:  # noqa: BLE001 - not train's (run_trial catches those): storage
+    except Exception as exc:  # noqa: BLE001 - not train's (run_trial catches those)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        state.fail_current(f"the study storage failed: {exc}")
-        from .launcher import storage_failure
-
-        message = storage_failure(exc, f"worker {spec.rank}")
+        state.fail_current(f"the worker failed: {type(exc).__name__}: {exc}")
+        message = st.failure_message(exc, f"worker {spec.rank}")
         if os.environ.get("HPARAM_SEARCH_DEBUG"):
             import traceback
 
@@ -137,7 +138,7 @@ def main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
 
 
 # What the trial loop imports: a forkserver imports these once for every worker.
-PRELOAD = ("optuna.samplers", "sqlalchemy.orm", "hparam_search._fast_sqlite")
+PRELOAD = ("optuna.samplers", "sqlalchemy.orm", "hparam_search.storage.sqlite")
 
 
 def _preload() -> None:
@@ -147,6 +148,14 @@ def _preload() -> None:
     import sqlalchemy.orm
 
     sqlalchemy.orm.configure_mappers()  # otherwise done by the first query, after "go"
+
+
+def _limit_torch_threads(threads: int | None) -> None:
+    """torch reads OMP_NUM_THREADS when it is imported; a script that imported it before the
+    launcher set the variable (start method fork) gets the same count here."""
+    torch = sys.modules.get("torch")
+    if threads is not None and torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _leave(code: int) -> None:
@@ -239,11 +248,14 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
           conn: multiprocessing.connection.Connection, state: _State) -> None:
     owner = st.Owner.me(spec.rank).as_attr()
     info = _trial.TrialInfo(-1, spec.rank, spec.n_jobs, spec.study_name, spec.url, gpu=spec.gpu)
-    study_id = study._study_id
+    study_id = st.study_id(study)
     channel = _Channel(conn)
+    # Who runs the trial and under which run: written with the trial itself where the storage
+    # can (the SQLite fast path), else right after creating it.
+    new_attrs = {st.OWNER_ATTR: owner, st.RUN_ATTR_OF_TRIAL: spec.run_id}
     atomic_owner = hasattr(storage, "new_trial_attrs")
     if atomic_owner:
-        storage.new_trial_attrs = {st.OWNER_ATTR: owner}
+        storage.new_trial_attrs = new_attrs
     while True:
         if spec.deadline is not None and time.time() >= spec.deadline:
             return
@@ -253,29 +265,33 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
                 return  # ask() below takes a WAITING trial first, if there is one
             trial = study.ask()
             with state.lock:
-                state.trial_id = trial._trial_id
+                state.trial_id = st.trial_id(trial)
             if not atomic_owner:
-                storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, owner)
-        channel.send(("start", trial.number, trial._trial_id))
+                for key, value in new_attrs.items():
+                    storage.set_trial_system_attr(st.trial_id(trial), key, value)
+        channel.send(("start", trial.number, st.trial_id(trial)))
+        log_path = Path(spec.logs_dir) / f"{trial.number}.log" if spec.logs_dir else None
         with contextlib.ExitStack() as during:
-            during.enter_context(st.heartbeat(storage, trial._trial_id))
-            if spec.logs_dir:
-                log_path = Path(spec.logs_dir) / f"{trial.number}.log"
-                storage.set_trial_user_attr(trial._trial_id, LOG_ATTR, str(log_path))
+            during.enter_context(st.heartbeat(storage, st.trial_id(trial)))
+            if log_path is not None:
+                storage.set_trial_user_attr(st.trial_id(trial), LOG_ATTR, str(log_path))
                 during.enter_context(_capture.captured(
                     log_path, f"[trial {trial.number} w{spec.rank}] ", channel.relay))
             result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info,
                                       spec.objective, spec.pruner.type)
+        if result.traceback and log_path is not None:
+            # In the log only: the console already has the one-line reason.
+            _capture.append(log_path, result.traceback)
         with state.lock:
             state.trial_id = None
         channel.send(("trial", result))
         if result.traceback and spec.fail_fast and _all_failed_so_far(study, spec.fail_fast):
             raise HparamSearchError(
                 f"the first {spec.fail_fast} finished trials all raised an exception, so the "
-                f"search stopped early (likely a bug in train). First failure:\n"
-                f"{_first_traceback(study)}",
+                f"search stopped early (likely a bug in train)",
                 fix=f"Fix train and run again (the study resumes), or set fail_fast: 0 to "
-                    f"search on regardless.")
+                    f"search on regardless. The first failure:\n"
+                    f"{_first_traceback(study).rstrip()}")
         if spec.one_trial:
             raise _Recycle()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,14 +10,12 @@ from typing import Any
 import yaml
 
 from ._yaml import DuplicateKey, load_with_lines
-from .errors import COMMAND_LINE, HparamSearchError, did_you_mean
+from .errors import COMMAND_LINE, HparamSearchError
 from .overrides import Override, apply_overrides, parse_override
 from .sampling import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler
-from .space import ParamSpec, check_explicit, grid_points, parse_sweep
+from .settings import SETTINGS, SWEEP_KEY, validate_settings
+from .space import ParamSpec, check_explicit, grid_points, looks_like_spec, parse_sweep
 
-SWEEP_KEY = "sweep_parameters"
-DIRECTIONS = ("minimize", "maximize")
-START_METHODS = ("spawn", "forkserver", "fork")
 _MISSING = HparamSearchError._MISSING
 
 
@@ -44,6 +41,7 @@ class SearchConfig:
     workers_per_gpu: int
     trial_logs: bool
     progress_interval: float
+    threads_per_worker: int | None
     params: tuple[ParamSpec, ...]
     fixed: dict[str, Any] = field(hash=False)
     overrides: tuple[str, ...] = ()
@@ -52,7 +50,15 @@ class SearchConfig:
     metric: str | None = None  # the key of a returned dict that is the objective
     metrics: tuple[str, ...] = ()  # names of the objectives, in order (several objectives)
     explicit: tuple[dict[str, Any], ...] = ()  # trials run first, once each: grid or enqueue
+    warnings: tuple[str, ...] = ()  # said once at start
     resolved: dict[str, Any] = field(default_factory=dict, hash=False)  # the YAML after --set
+    # Where a dotted key came from (file and line, or the --set that changed it), for errors
+    # found after loading, such as a search space the stored study cannot take.
+    locate: Callable[[str], tuple[str, int | None]] | None = field(
+        default=None, hash=False, compare=False, repr=False)
+
+    def where(self, key: str) -> tuple[str, int | None]:
+        return self.locate(key) if self.locate else (display_path(self.path), None)
 
     @property
     def study_name(self) -> str:
@@ -65,34 +71,6 @@ class SearchConfig:
     @property
     def multi_objective(self) -> bool:
         return len(self.directions) > 1
-
-
-# name -> (required, default). The checks themselves are in _validate_settings.
-SETTINGS: dict[str, tuple[bool, Any]] = {
-    "experiment_name": (True, None),
-    "tag": (True, None),
-    "direction": (False, "minimize"),
-    "directions": (False, None),
-    "metric": (False, None),
-    "metrics": (False, None),
-    "n_jobs": (False, 1),
-    "n_trials": (False, None),  # required, except that a grid defaults it to its size
-    "n_startup_trials": (False, 10),
-    "seed": (False, None),
-    "fail_fast": (False, 5),
-    "start_method": (False, None),
-    "sampler": (False, None),
-    "pruner": (False, None),
-    "enqueue": (False, None),
-    "trial_logs": (False, True),
-    "storage": (False, None),
-    "trial_timeout": (False, None),
-    "timeout": (False, None),
-    "isolate_trials": (False, False),
-    "gpus": (False, None),
-    "workers_per_gpu": (False, 1),
-    "progress_interval": (False, 30),
-}
 
 
 def display_path(path: Path) -> str:
@@ -143,19 +121,52 @@ def load_config(path: Path, set_args: list[str] | tuple[str, ...] = (),
     overrides = [parse_override(text) for text in set_args]
     data = apply_overrides(data, overrides)
     locate = _locator(source, lines, overrides)
-    settings = _validate_settings(data, locate)
+    settings = validate_settings(data, locate)
 
-    params = parse_sweep(data.get(SWEEP_KEY), locate)
+    # `sweep_parameters:` with nothing under it is YAML's null: an empty section, not none.
+    sweep = {} if SWEEP_KEY in data and data[SWEEP_KEY] is None else data.get(SWEEP_KEY)
+    params = parse_sweep(sweep, locate)
     # `--set lr=0.01` on a swept parameter pins it: the user asked for that value.
     pinned = {ov.key for ov in overrides}
     params = tuple(p for p in params if p.name not in pinned)
     fixed = {k: v for k, v in data.items() if k != SWEEP_KEY}
-    _check_collisions(params, fixed, locate)
+    _check_collisions(params, fixed, locate, overrides)
     sampler, pruner = _search(data, settings, locate)
     explicit = _explicit(data, settings, params, sampler, locate)
     return SearchConfig(path=path, params=params, fixed=fixed, overrides=tuple(set_args),
                         sampler=sampler, pruner=pruner, explicit=explicit, resolved=data,
-                        **settings)
+                        locate=locate, warnings=_warnings(fixed, params, locate), **settings)
+
+
+def _warnings(fixed: dict[str, Any], params: tuple[ParamSpec, ...], locate: Locate
+              ) -> tuple[str, ...]:
+    """Mistakes that still make a valid search, said once at start."""
+    from .drift import flatten
+
+    out = []
+    specs = {k: v for k, v in fixed.items() if looks_like_spec(v)}
+    for key, value in flatten(fixed).items():  # nested ones too: model.lr: {type: ...}
+        parent = key.rsplit(".", 2)[0] if key.count(".") >= 2 else None
+        if parent and parent not in specs and looks_like_spec(_get(fixed, parent)):
+            specs[parent] = _get(fixed, parent)
+    for key in sorted(specs):
+        if key in SETTINGS:
+            continue
+        src, line = locate(key)
+        where = f"{src}:{line}" if line else src
+        out.append(f"warning: {where}: {key}: looks like a sweep parameter (type: "
+                   f"{specs[key]['type']}) but is not under sweep_parameters, so train receives "
+                   f"it as a dict. To search it, indent it under sweep_parameters.")
+    if not params:
+        out.append("warning: no sweep parameters, so every trial runs the same config.")
+    return tuple(out)
+
+
+def _get(mapping: dict[str, Any], dotted: str) -> Any:
+    node: Any = mapping
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _search(data: dict[str, Any], settings: dict[str, Any], locate: Locate
@@ -227,125 +238,9 @@ def _locator(source: str, lines: dict[str, int], overrides: list[Override]) -> L
     return locate
 
 
-def _validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, int | None]]
-                       ) -> dict[str, Any]:
-    def fail(key: str, problem: str, got: Any = _MISSING, fix: str | None = None) -> None:
-        src, line = locate(key)
-        raise HparamSearchError(problem, source=src, key=key, line=line, got=got, fix=fix)
-
-    for key in data:
-        if key not in SETTINGS and key != SWEEP_KEY:
-            hint = did_you_mean(str(key), [*SETTINGS, SWEEP_KEY], cutoff=0.8)
-            if hint:
-                fail(str(key), "unknown study setting", fix=hint)
-
-    out: dict[str, Any] = {}
-    for key, (required, default) in SETTINGS.items():
-        if key not in data or (data[key] is None and required):
-            if required:
-                fail(key, "missing required setting", fix=f"Add '{key}: ...' to the file.")
-            out[key] = default
-        else:
-            out[key] = data[key]
-
-    for key in ("experiment_name", "tag"):
-        value = out[key]
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str) or not value.strip():
-            fail(key, "must be a non-empty string", value)
-        if any(bad in value for bad in ("/", "\\", "\0", "..")) or value.startswith("."):
-            fail(key, "must not contain '/', '\\' or '..' or start with '.': it names the "
-                 "study's file inside save_db_directory", value,
-                 "Use letters, digits, '-' and '_'.")
-        out[key] = value
-
-    if out["directions"] is None:
-        if out["direction"] not in DIRECTIONS:
-            fail("direction", "must be minimize or maximize", out["direction"],
-                 did_you_mean(str(out["direction"]), DIRECTIONS) or None)
-        out["directions"] = (out["direction"],)
-    else:
-        if data.get("direction") is not None:
-            fail("directions", "give either direction (one objective) or directions (several), "
-                 "not both", fix="Remove 'direction'.")
-        dirs = out["directions"]
-        if not isinstance(dirs, list) or not dirs or any(d not in DIRECTIONS for d in dirs):
-            fail("directions", "must be a list of minimize/maximize, one per objective", dirs,
-                 "Write e.g. 'directions: [minimize, maximize]'.")
-        out["directions"] = tuple(dirs)
-    del out["direction"]
-    n_obj = len(out["directions"])
-    metric, metrics = out["metric"], out["metrics"]
-    if metric is not None and (not isinstance(metric, str) or n_obj > 1):
-        fail("metric", "must be the name of one returned value, with one objective", metric,
-             "With several objectives, use 'metrics: [name, ...]'.")
-    if metrics is None:
-        out["metrics"] = ()
-    elif (not isinstance(metrics, list) or len(metrics) != n_obj
-          or not all(isinstance(m, str) for m in metrics) or len(set(metrics)) != n_obj):
-        fail("metrics", f"must list {n_obj} distinct names, one per direction", metrics)
-    else:
-        out["metrics"] = tuple(metrics)
-
-    def integer(key: str, minimum: int, extra: str = "") -> None:
-        value = out[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            fail(key, f"must be an integer >= {minimum}{extra}", value)
-
-    n_jobs = out["n_jobs"]
-    if n_jobs == -1 and not isinstance(n_jobs, bool):
-        out["n_jobs"] = _cpu_count()
-    else:
-        integer("n_jobs", 1, " (or -1 for one worker per CPU core)")
-    if out["n_trials"] is not None:
-        integer("n_trials", 1)
-    integer("n_startup_trials", 0)
-    integer("fail_fast", 0, " (0 turns it off)")
-    seed = out["seed"]
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        fail("seed", "must be a non-negative integer or null", seed)
-    if out["storage"] is not None and (not isinstance(out["storage"], str)
-                                       or not out["storage"].strip()):
-        fail("storage", "must be a database URL or journal:PATH", out["storage"],
-             "Write e.g. 'storage: postgresql://user@host/db' or 'storage: journal:./s.log'.")
-    for key in ("trial_timeout", "timeout"):
-        value = out[key]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or value <= 0):
-            fail(key, "must be a number of seconds > 0, or null", value)
-    integer("workers_per_gpu", 1)
-    gpus = out["gpus"]
-    if gpus == "auto":
-        gpus = detect_gpus()
-        if not gpus:
-            fail("gpus", "auto found no GPU (nvidia-smi lists none)", "auto",
-                 "Remove 'gpus' to run on the CPU, or list the GPU ids.")
-    if gpus is not None:
-        if not isinstance(gpus, list) or not gpus or not all(
-                isinstance(g, (int, str)) and not isinstance(g, bool) for g in gpus):
-            fail("gpus", "must be a list of GPU ids or 'auto'", out["gpus"],
-                 "Write e.g. 'gpus: [0, 1]' or 'gpus: auto'.")
-        gpus = tuple(str(g) for g in gpus)
-        # One worker per GPU (or workers_per_gpu each): n_jobs follows from the GPUs.
-        out["n_jobs"] = len(gpus) * out["workers_per_gpu"]
-    out["gpus"] = gpus
-    if not isinstance(out["isolate_trials"], bool):
-        fail("isolate_trials", "must be true or false", out["isolate_trials"])
-    if not isinstance(out["trial_logs"], bool):
-        fail("trial_logs", "must be true or false", out["trial_logs"])
-    interval = out["progress_interval"]
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
-        fail("progress_interval", "must be a number of seconds > 0", interval)
-    if out["start_method"] is not None and out["start_method"] not in START_METHODS:
-        fail("start_method", "must be spawn, forkserver or fork", out["start_method"])
-    for key in ("sampler", "pruner", "enqueue"):
-        out.pop(key)
-    return out
-
-
 def _check_collisions(params: tuple[ParamSpec, ...], fixed: dict[str, Any],
-                      locate: Callable[[str], tuple[str, int | None]]) -> None:
+                      locate: Callable[[str], tuple[str, int | None]],
+                      overrides: list[Override]) -> None:
     for p in params:
         node: Any = fixed
         parts = p.name.split(".")
@@ -360,30 +255,18 @@ def _check_collisions(params: tuple[ParamSpec, ...], fixed: dict[str, Any],
         else:
             clash = p.name
         if clash:
+            made_by = next((ov for ov in overrides if ov.key == clash
+                            or ov.key.startswith(clash + ".")), None)
+            if made_by is not None and made_by.key.startswith(p.name + "."):
+                # `--set lr.low=0.1`: the sweep_parameters prefix was forgotten.
+                field_ = made_by.key[len(p.name) + 1:]
+                raise HparamSearchError(
+                    f"{p.name} is a sweep parameter, so this sets a fixed value beside it",
+                    source=f"{COMMAND_LINE} (--set {made_by.text})", key=made_by.key,
+                    fix=f"To change its {field_}, write --set "
+                        f"{SWEEP_KEY}.{made_by.key}={made_by.text.partition('=')[2]}")
             src, line = locate(f"{SWEEP_KEY}.{p.name}")
             raise HparamSearchError(
                 f"the sweep parameter also exists as a fixed value '{clash}'",
                 source=src, key=f"{SWEEP_KEY}.{p.name}", line=line,
                 fix=f"Remove '{clash}' from the fixed parameters, or this sweep parameter.")
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def detect_gpus() -> list[str]:
-    """The GPU ids this machine offers: CUDA_VISIBLE_DEVICES if set, else nvidia-smi's list."""
-    import subprocess
-
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, line in enumerate(listed.stdout.splitlines())
-            if line.startswith("GPU ")] if listed.returncode == 0 else []

@@ -31,22 +31,34 @@ class Progress:
     target: int
     done: int = 0
     running: int = 0
-    pruned: int = 0
+    pruned: int = 0  # by the pruner or trial_timeout
+    errors: int = 0  # pruned because train raised (or returned NaN)
     failed: int = 0
     best_value: float | None = None
     best_trial: int | None = None
     finished_this_run: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
-    def text(self) -> str:
+    def text(self, width: int = 1_000) -> str:
+        """One line, at most ``width`` characters: fields are dropped, least useful first."""
         elapsed = max(time.monotonic() - self.started_at, 1e-9)
         rate = self.finished_this_run / elapsed * 60
         left = self.target - self.done
         eta = f"{left / rate * 60:.0f}s" if rate > 0 and left > 0 else "-"
         best = (f"best {_fmt(self.best_value)} (trial {self.best_trial})"
                 if self.best_value is not None else "best -")
-        return (f"{self.done}/{self.target} done, {self.running} running, {self.pruned} pruned, "
-                f"{self.failed} failed | {best} | {rate:.1f} trials/min | ETA {eta}")
+        # (priority, text): 0 is kept longest.
+        fields = [(0, f"{self.done}/{self.target} done"), (3, f"{self.running} running"),
+                  (4, f"{self.pruned} pruned"), (2, f"{self.errors} error{'' if self.errors == 1 else 's'}"),
+                  (2, f"{self.failed} failed"), (1, best), (6, f"{rate:.1f} trials/min"),
+                  (5, f"ETA {eta}")]
+        fields = [(p, t) for p, t in fields if not t.startswith("0 ") or p < 2 or
+                  t.endswith("running")]
+        while True:
+            line = " | ".join(t for _, t in fields)
+            if len(line) <= width or len(fields) == 1:
+                return line[:width]
+            fields.remove(max(fields, key=lambda f: f[0]))
 
 
 class Console:
@@ -65,16 +77,26 @@ class Console:
         self._rich: Any = None
         self._live: Any = None
         self._last_plain = time.monotonic()
+        self._gone = False  # the reader of the output left
 
     def line(self, text: str = "") -> None:
         self.raw(text + "\n")
 
     def raw(self, text: str) -> None:
-        if self._live is not None:
-            self._rich.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+        if self._gone:
             return
-        self.stream.write(text)
-        self.stream.flush()
+        try:
+            if self._live is not None:
+                self._rich.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+                return
+            self.stream.write(text)
+            self.stream.flush()
+        except BrokenPipeError:
+            # Piped into `head` and it left: the search goes on, silently.
+            self._gone = True
+            self._live = None
+            if self.stream is sys.stdout:
+                quiet_stdout()
 
     def start_progress(self, progress: Progress) -> None:
         if not self.live:
@@ -100,23 +122,25 @@ class Console:
             self._live.stop()
             self._live = None
 
-    @staticmethod
-    def _render(progress: Progress) -> Any:
+    def _render(self, progress: Progress) -> Any:
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
+        width = self._rich.width if self._rich is not None else 80
+        bar = max(10, min(30, width // 5))
         grid = Table.grid(padding=(0, 1))
-        grid.add_row(ProgressBar(total=progress.target, completed=progress.done, width=30),
-                     progress.text())
+        grid.add_row(ProgressBar(total=progress.target, completed=progress.done, width=bar),
+                     progress.text(width - bar - 2))
         return grid
 
     def banner(self, *, study: str, db: str, done: int, target: int, n_workers: int,
-               start_method: str, dashboard: str, stale: list[int]) -> None:
+               start_method: str, dashboard: str, stale: list[int], threads: str) -> None:
         self.line(f"hparam_search: study '{study}'")
         self.line(f"  database   {db}")
         resumed = f" (resuming: {done} already finished)" if done else ""
         self.line(f"  trials     {target - done} to run, {target} in all{resumed}")
         self.line(f"  workers    {n_workers} ({start_method})")
+        self.line(f"  threads    {threads}")
         self.line(f"  dashboard  {dashboard}")
         if stale:
             self.line(f"  recovered  trials {', '.join(map(str, stale))} were left RUNNING by "
@@ -132,9 +156,9 @@ class Console:
         self.line(f"[{done}/{target}] trial {r.number} {r.state} {outcome} "
                   f"({r.duration_s:.2f}s, worker {r.rank}) {format_params(r.params)}".rstrip())
 
-    def summary(self, *, headline: str, counts: Mapping[str, int], best: list[Any],
-                directions: tuple[str, ...], wall_s: float, dashboard: str, resume: str) -> None:
-        states = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "no trials"
+    def summary(self, *, headline: str, states: str, best: list[Any],
+                directions: tuple[str, ...], wall_s: float, dashboard: str, resume: str,
+                show: str) -> None:
         self.line("")
         self.line(f"{headline} in {wall_s:.1f}s. Trials by state: {states}.")
         if len(directions) == 1 and best:
@@ -148,8 +172,17 @@ class Console:
                 values = ", ".join(_fmt(v) for v in trial.values)
                 self.line(f"  trial {trial.number}: values=[{values}] "
                           f"{format_params(trial.params)}")
-        self.line(f"Inspect:  {dashboard}")
+        self.line(f"Inspect:  {show}")
+        self.line(f"          {dashboard}")
         self.line(f"Resume or extend:  {resume}")
+
+
+def quiet_stdout() -> None:
+    """The reader of our output went away (``| head``): stop writing, like Unix tools, and
+    keep the interpreter's final flush from complaining."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _isatty(stream: Any) -> bool:

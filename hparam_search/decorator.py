@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import SearchConfig, display_path, load_config
-from .console import describe_search, explicit_configs
+from .console import describe_search, explicit_configs, quiet_stdout
 from .errors import HparamSearchError
 from .launcher import EXIT_SEARCH_FAILED, Launcher, LaunchPlan
-from .storage import mask_secrets, resolve_storage, sqlite_url
+from .storage import describe, mask_secrets, resolve_storage, sqlite_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USAGE = 2
@@ -67,15 +67,19 @@ def _main(fn: Callable[..., Any], config_path: str | os.PathLike[str],
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except BrokenPipeError:  # `--dry-run | head`
+        quiet_stdout()
+        return
     if fatal:
         print(f"error: {fatal}", file=sys.stderr)
     if code:
         sys.exit(code)
 
 
-def _parser(script: Path) -> argparse.ArgumentParser:
+def _parser(script: Path, epilog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=script.name, description="Run the hyperparameter search defined by this script.")
+        prog=script.name, description="Run the hyperparameter search defined by this script.",
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                         metavar="KEY=VALUE",
                         help="override any config value; dotted keys reach into mappings "
@@ -106,18 +110,18 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
             fix="Call it only under 'if __name__ == \"__main__\":' so workers can import the "
                 "script without starting another search.")
     script = _script_of(fn)
+    _check_main_guard(fn.__name__)
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    epilog = _help_epilog(script, config_path, save_db_directory) if wants_help else None
     # argparse prints its own one-line usage error and exits 2: the same contract as ours.
-    args = _parser(script).parse_args(list(argv))
+    args = _parser(script, epilog).parse_args(list(argv))
     path = _config_file(script, config_path, args.config)
     cfg = load_config(path, args.overrides, not_found_hint=_not_found_hint(script, path))
-    db_dir = Path(save_db_directory)
-    if not db_dir.is_absolute():
-        db_dir = script.parent / db_dir
-    db_dir = db_dir.resolve()
-    url = (resolve_storage(cfg.storage, script.parent) if cfg.storage
-           else sqlite_url(db_dir / f"{cfg.study_name}.db"))
+    for warning in cfg.warnings:
+        print(warning, file=sys.stderr)
+    db_dir, url = _study_location(cfg, script, save_db_directory)
     if args.dry_run:
-        _dry_run(cfg, mask_secrets(url), args.jsonl)
+        _dry_run(cfg, url, args.jsonl)
         return 0, None
     if args.jsonl:
         raise HparamSearchError("--jsonl goes with --dry-run", source="command line",
@@ -133,8 +137,40 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
     return code, launcher.fatal if code == EXIT_SEARCH_FAILED else None
 
 
-def _dry_run(cfg: SearchConfig, where: str, jsonl: str | None) -> None:
-    print(describe_search(cfg, where))
+def _study_location(cfg: SearchConfig, script: Path,
+                    save_db_directory: str | os.PathLike[str]) -> tuple[Path, str]:
+    """save_db_directory (absolute) and the study's storage URL."""
+    db_dir = Path(save_db_directory)
+    if not db_dir.is_absolute():
+        db_dir = script.parent / db_dir
+    db_dir = db_dir.resolve()
+    url = (resolve_storage(cfg.storage, script.parent) if cfg.storage
+           else sqlite_url(db_dir / f"{cfg.study_name}.db"))
+    return db_dir, url
+
+
+def _help_epilog(script: Path, config_path: str | os.PathLike[str],
+                 save_db_directory: str | os.PathLike[str]) -> str:
+    """For --help: which config file this script reads and which study it would run."""
+    path = _config_file(script, config_path, None)
+    lines = [f"config file: {display_path(path)}"]
+    try:
+        cfg = load_config(path)
+        _, url = _study_location(cfg, script, save_db_directory)
+    except HparamSearchError as exc:
+        lines.append(f"study:       unknown until the config is fixed ({exc})")
+    else:
+        lines.append(f"study:       {cfg.study_name}, in {describe(url)}")
+    lines.append("Change either with --config PATH or --set experiment_name=... tag=...")
+    return "\n".join(lines)
+
+
+def _dry_run(cfg: SearchConfig, url: str, jsonl: str | None) -> None:
+    from .preflight import describe_existing
+
+    existing = describe_existing(cfg, url)  # raises for a space the study cannot take
+    print(describe_search(cfg, mask_secrets(url)))
+    print("\n" + "\n".join(existing))
     if jsonl:
         configs = explicit_configs(cfg)
         with open(jsonl, "w", encoding="utf-8") as f:
@@ -167,6 +203,61 @@ def _script_of(fn: Callable[..., Any]) -> Path:
     return Path(source).resolve()
 
 
+def _check_main_guard(name: str) -> None:
+    """Workers import the script that was run; a bare ``train()`` at its top level would start
+    a search in each of them. Found by reading the script, before anything is created."""
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not main:
+        return
+    line = unguarded_call(Path(main), name)
+    if line is not None:
+        raise HparamSearchError(
+            f"{name}() is called at the top level of the script, so every worker process that "
+            f"imports the script would start another search", source=display_path(Path(main)),
+            line=line, fix="Call it under 'if __name__ == \"__main__\":'.")
+
+
+def unguarded_call(script: Path, name: str) -> int | None:
+    """The line of a ``name()`` call that runs when ``script`` is imported, or None."""
+    import ast
+
+    try:
+        tree = ast.parse(script.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+
+    def calls(node: ast.AST) -> int | None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            return None  # runs only when called
+        if isinstance(node, ast.If) and _is_main_guard(node.test):
+            return first(node.orelse)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id == name and not node.args and not node.keywords):
+            return node.lineno
+        return first(ast.iter_child_nodes(node))
+
+    def first(nodes: Any) -> int | None:
+        for child in nodes:
+            found = calls(child)
+            if found is not None:
+                return found
+        return None
+
+    return first(tree.body)
+
+
+def _is_main_guard(test: Any) -> bool:
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    texts = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and texts == ["__main__"]
+
+
 def _config_file(script: Path, config_path: str | os.PathLike[str], cli_path: str | None
                  ) -> Path:
     if cli_path:
@@ -180,6 +271,11 @@ def _config_file(script: Path, config_path: str | os.PathLike[str], cli_path: st
 
 def _not_found_hint(script: Path, path: Path) -> str:
     folder = script.parent / "config"
+    beside = script.parent / path.name
+    if beside.is_file() and path.parent == folder:
+        return (f"A relative config_path is looked up in {display_path(folder)}/ beside your "
+                f"script, and {display_path(beside)} lies beside the script itself: move it "
+                f"into {display_path(folder)}/, or pass --config {display_path(beside)}.")
     found = sorted(p.name for p in folder.glob("*.y*ml")) if folder.is_dir() else []
     where = f"A relative config_path is looked up in {display_path(folder)}/ beside your script"
     if found:

@@ -6,6 +6,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import shlex
 import signal
 import threading
 import time
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _trial, _worker, storage as st
+from . import _trial, _worker, preflight, storage as st
 from ._trial import TrialResult
-from .config import SearchConfig
+from .config import SearchConfig, display_path
+from .settings import THREAD_VARIABLES, cpu_count, threads_for_workers
 from .console import Console, Progress
 from .errors import HparamSearchError
 
@@ -47,10 +49,17 @@ class LaunchPlan:
         return self.db_dir / self.config.study_name / "trials"
 
     @property
+    def show_command(self) -> str:
+        """How to look at this study with the `hparam-search` command."""
+        path = st.sqlite_path(self.url)
+        if path is not None:
+            return f"hparam-search show {shlex.quote(display_path(path))}"
+        return f"hparam-search show {shlex.quote(st.mask_secrets(self.url) + '#' + self.config.study_name)}"
+
+    @property
     def where(self) -> str:
         """The storage as the banner shows it: a file path, or the URL without password."""
-        path = st.sqlite_path(self.url) or st.journal_path(self.url)
-        return str(path) if path else st.mask_secrets(self.url)
+        return st.describe(self.url)
 
 
 class _Terminated(BaseException):
@@ -95,9 +104,24 @@ class Launcher:
         self.wanted = 0
         self.deadline: float | None = None  # wall clock: no trial starts after it (`timeout`)
         self.timed_out_search = False
+        self.run_id = 0  # this run's index in the study's run records
+        # A fair share of the cores for each worker's OpenMP/MKL/OpenBLAS (and torch) threads,
+        # unless the user's own environment says otherwise.
+        self.threads = threads_for_workers(self.cfg.threads_per_worker, self.cfg.n_jobs)
+        self.thread_env = {name: str(self.threads) for name in THREAD_VARIABLES
+                           if name not in os.environ} if self.threads else {}
 
     # -- public --------------------------------------------------------------------------
     def run(self) -> int:
+        # Workers (and the fork server) inherit their numeric libraries' thread counts.
+        with _environment(dict(self.thread_env)):
+            try:
+                return self._run()
+            finally:
+                if self.storage is not None:
+                    st.close_storage(self.storage)
+
+    def _run(self) -> int:
         started = time.monotonic()
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -124,7 +148,7 @@ class Launcher:
         except Exception as exc:  # noqa: BLE001 - the storage failed under the launcher
             if os.environ.get("HPARAM_SEARCH_DEBUG"):
                 raise
-            self.fatal = storage_failure(exc, "the launcher")
+            self.fatal = st.failure_message(exc, "the launcher")
             code, headline = EXIT_SEARCH_FAILED, "Search stopped on an error"
         finally:
             starter.join()
@@ -149,13 +173,14 @@ class Launcher:
         self.study = st.create_or_load_study(self.storage, self.cfg.study_name,
                                              self.cfg.directions, self.cfg.metrics or
                                              ((self.cfg.metric,) if self.cfg.metric else ()))
-        stale = st.fail_trials_of(self.storage, self.study._study_id, None,
+        self._check_against_previous_runs()
+        stale = st.fail_trials_of(self.storage, st.study_id(self.study), None,
                                   "its process died (found when the search was resumed)")
         self.done = self.done_at_start = st.finished(self._counts())
         remaining = self.cfg.n_trials - self.done
         if remaining > 0:
             st.enqueue_once(self.study, self.cfg.explicit, self.plan.url)
-            st.record_run(self.study, run_metadata(self.plan))
+            self.run_id = st.record_run(self.study, run_metadata(self.plan), self.plan.url)
         if remaining <= 0:
             self.accepting = False
             self.out.line(
@@ -168,7 +193,11 @@ class Launcher:
                         start_method=self.plan.start_method + (
                             f"; GPUs {', '.join(self._gpu_of(r) or '' for r in range(self.cfg.n_jobs))}"
                             if self.cfg.gpus else ""),
-                        dashboard=st.dashboard_command(self.plan.url), stale=stale)
+                        dashboard=st.dashboard_command(self.plan.url), stale=stale,
+                        threads=self._threads_text())
+        if self.cfg.n_jobs > cpu_count():
+            self.out.line(f"warning: n_jobs ({self.cfg.n_jobs}) is more than the {cpu_count()} "
+                          f"CPU cores this process may use: workers will take turns on them")
         # Workers beyond what is left are told to quit when they report ready.
         self.wanted = min(self.cfg.n_jobs, remaining)
         if self.cfg.timeout is not None:
@@ -177,8 +206,22 @@ class Launcher:
         self.out.start_progress(self.progress)
         return True
 
+    def _check_against_previous_runs(self) -> None:
+        """Before anything is written: a search space the stored trials cannot take is an
+        error; changed fixed values or ranges get a notice."""
+        notice = preflight.check(self.cfg, self.storage, st.study_id(self.study))
+        if notice:
+            self.out.line(notice)
+
+    def _threads_text(self) -> str:
+        if self.threads is None:
+            return "as the libraries choose (threads_per_worker: 0)"
+        if "OMP_NUM_THREADS" not in self.thread_env:
+            return f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} (from your environment)"
+        return f"{self.threads} per worker (OMP, MKL, OpenBLAS and torch threads)"
+
     def _counts(self) -> dict[str, int]:
-        return st.state_counts(self.storage, self.study._study_id)
+        return st.state_counts(self.storage, st.study_id(self.study))
 
     # -- workers -------------------------------------------------------------------------
     def _start(self, rank: int, generation: int) -> None:
@@ -191,10 +234,11 @@ class Launcher:
             objective=_trial.Objective(self.cfg.directions, self.cfg.metric, self.cfg.metrics),
             fail_fast=self.cfg.fail_fast, rank=rank, generation=generation, resumed_from=0,
             logs_dir=str(self.plan.logs_dir) if self.cfg.trial_logs else None,
-            one_trial=self.cfg.isolate_trials, gpu=self._gpu_of(rank))
+            one_trial=self.cfg.isolate_trials, gpu=self._gpu_of(rank),
+            threads=self.threads if "OMP_NUM_THREADS" in self.thread_env else None)
         process = self.ctx.Process(target=_worker.main, args=(spec, child_conn),
                                    name=f"hparam-search-worker-{rank}", daemon=False)
-        with _environment("CUDA_VISIBLE_DEVICES", spec.gpu):
+        with _environment({"CUDA_VISIBLE_DEVICES": spec.gpu}):
             process.start()  # spawn: the new interpreter sees its GPU from its first line
         child_conn.close()
         self.all_pids.add(process.pid)
@@ -238,8 +282,8 @@ class Launcher:
             slot.ready = True
             busy = sum(1 for s in self._live() if s.ready and s is not slot)
             go = self.accepting and not self.fatal and busy < self.wanted
-            slot.conn.send(("go", {"resumed_from": self.done_at_start,
-                                   "deadline": self.deadline}) if go else ("quit",))
+            slot.conn.send(("go", {"resumed_from": self.done_at_start, "deadline": self.deadline,
+                                   "run_id": self.run_id}) if go else ("quit",))
         elif kind == "start":
             slot.trial, slot.trial_started = (msg[1], msg[2]), time.monotonic()
             self.progress.running += 1
@@ -264,7 +308,11 @@ class Launcher:
         if result.state in ("COMPLETE", "PRUNED"):
             self.done += 1
             p.done, p.finished_this_run = self.done, p.finished_this_run + 1
-        p.pruned += result.state == "PRUNED"
+        if result.state == "PRUNED":
+            if result.pruned_by == "error":
+                p.errors += 1
+            else:
+                p.pruned += 1
         p.failed += result.state == "FAIL"
         if result.state == "COMPLETE":
             self.crashes_in_a_row = 0
@@ -302,7 +350,8 @@ class Launcher:
                 self._drain(slot)
                 params = self.storage.get_trial(trial_id).params
                 result = TrialResult(number, "PRUNED", None, params, time.monotonic()
-                                     - slot.trial_started, slot.rank, reason)
+                                     - slot.trial_started, slot.rank, reason,
+                                     pruned_by="timeout")
                 self._count(result)
                 self.out.trial(result, self.done, self.cfg.n_trials)
 
@@ -328,7 +377,7 @@ class Launcher:
             self._terminate_live()
             return
         how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
-        numbers = st.fail_trials_of(self.storage, self.study._study_id, {slot.process.pid},
+        numbers = st.fail_trials_of(self.storage, st.study_id(self.study), {slot.process.pid},
                                     f"its worker process {how}")
         lost = f"; trial {', '.join(map(str, numbers))} marked FAIL and will be re-run" \
             if numbers else ""
@@ -354,7 +403,7 @@ class Launcher:
         died). Start another round when a slot is free, wait while others hold the slots.
         False when the search is complete."""
         while self.accepting:
-            st.fail_trials_of(self.storage, self.study._study_id, None,
+            st.fail_trials_of(self.storage, st.study_id(self.study), None,
                               "its process died while the search ran")
             counts = self._counts()
             remaining = self.cfg.n_trials - st.finished(counts)
@@ -392,7 +441,7 @@ class Launcher:
             slot.conn.close()
         if self.storage is not None and self.study is not None:
             try:
-                st.fail_trials_of(self.storage, self.study._study_id, self.all_pids,
+                st.fail_trials_of(self.storage, st.study_id(self.study), self.all_pids,
                                   "interrupted: the search was stopped")
             except Exception as exc:  # noqa: BLE001 - storage down or full: the next run recovers
                 self.out.line(f"could not mark interrupted trials FAIL ({exc}); the next run "
@@ -408,18 +457,11 @@ class Launcher:
 
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         best = self.study.best_trials if complete else []
-        self.out.summary(headline=headline, counts=counts, best=best,
+        kinds = st.pruned_kinds(self.storage, st.study_id(self.study))
+        self.out.summary(headline=headline, states=st.format_counts(counts, kinds), best=best,
                          directions=self.cfg.directions, wall_s=wall_s,
                          dashboard=st.dashboard_command(self.plan.url),
-                         resume=self.plan.resume_command)
-
-
-def storage_failure(exc: BaseException, who: str) -> str:
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return st.mask_secrets(
-        f"the study storage failed in {who}: {type(exc).__name__}: {detail}. Check that the "
-        "database is reachable and its disk is writable and not full; the study resumes where "
-        "it stopped.")
+                         resume=self.plan.resume_command, show=self.plan.show_command)
 
 
 def run_metadata(plan: LaunchPlan) -> dict[str, Any]:
@@ -501,19 +543,20 @@ class _Starter(threading.Thread):
 
 
 @contextlib.contextmanager
-def _environment(name: str, value: str | None) -> Iterator[None]:
-    if value is None:
-        yield
-        return
-    before = os.environ.get(name)
-    os.environ[name] = value
+def _environment(values: dict[str, str | None]) -> Iterator[None]:
+    """Set environment variables (None: leave as is) for the block, then restore them."""
+    before = {name: os.environ.get(name) for name, value in values.items() if value is not None}
+    for name, value in values.items():
+        if value is not None:
+            os.environ[name] = value
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

@@ -81,6 +81,10 @@ def parse_sweep(raw: Any, locate: Locate) -> tuple[ParamSpec, ...]:
     if not isinstance(raw, Mapping):
         _fail(locate, "sweep_parameters", "must be a mapping of parameter name -> spec", raw,
               "Write one entry per parameter, e.g. 'lr: {type: float, low: 1e-5, high: 1e-1}'.")
+    if not raw:
+        _fail(locate, "sweep_parameters", "is empty, so every trial would run the same config",
+              fix="List the parameters to search under it (indented), e.g. "
+                  "'lr: {type: float, low: 1e-5, high: 1e-1}', or remove the key.")
     specs = [_parse_one(str(name), spec, locate) for name, spec in raw.items()]
     return _order_by_conditions(specs, locate)
 
@@ -130,6 +134,13 @@ def _order_by_conditions(specs: list[ParamSpec], locate: Locate) -> tuple[ParamS
     return tuple(ordered)
 
 
+def looks_like_spec(value: Any) -> bool:
+    """A mapping shaped like a sweep parameter (``type`` plus ``low``/``high`` or
+    ``choices``), as left behind when it is dedented out of ``sweep_parameters``."""
+    return (isinstance(value, Mapping) and value.get("type") in PARAM_TYPES
+            and ({"low", "high"} <= set(value) or "choices" in value))
+
+
 def _parse_one(name: str, spec: Any, locate: Locate) -> ParamSpec:
     key = f"sweep_parameters.{name}"
     if not isinstance(spec, Mapping):
@@ -137,7 +148,7 @@ def _parse_one(name: str, spec: Any, locate: Locate) -> ParamSpec:
               "Write e.g. '{type: float, low: 0.0, high: 1.0}'.")
     kind = spec.get("type")
     if kind is None:
-        _fail(locate, key, "has no 'type'", fix=f"Add 'type: float', 'type: int' or 'type: categorical'.")
+        _fail(locate, key, "has no 'type'", fix="Add 'type: float', 'type: int' or 'type: categorical'.")
     if kind not in PARAM_TYPES:
         hint = did_you_mean(str(kind), PARAM_TYPES) or "Use float, int or categorical."
         _fail(locate, f"{key}.type", "unknown parameter type", kind, hint)
@@ -178,7 +189,7 @@ def _numeric(name: str, key: str, kind: str, spec: Mapping[str, Any], locate: Lo
         ok = _is_int(value) if kind == "int" else _is_number(value)
         if not ok or (kind == "float" and not math.isfinite(value)):
             what = "an integer" if kind == "int" else "a finite number"
-            _fail(locate, f"{key}.{field}", f"must be {what}", value)
+            _fail(locate, f"{key}.{field}", f"must be {what}", value, _quoted_number(value))
         bounds[field] = value if kind == "int" else float(value)
     low, high = bounds["low"], bounds["high"]
     if low > high:
@@ -191,16 +202,31 @@ def _numeric(name: str, key: str, kind: str, spec: Mapping[str, Any], locate: Lo
         ok = _is_int(step) if kind == "int" else _is_number(step)
         if not ok or step <= 0:
             what = "a positive integer" if kind == "int" else "a positive number"
-            _fail(locate, f"{key}.step", f"must be {what}", step)
+            _fail(locate, f"{key}.step", f"must be {what}", step, _quoted_number(step))
         if log and not (kind == "int" and step == 1):
             _fail(locate, f"{key}.step", "cannot be combined with log: true", step,
                   "Drop step, or set log: false.")
+        if high > low and step > high - low:
+            _fail(locate, f"{key}.step", f"is larger than the range high - low "
+                  f"({high - low:g}), so only low ({low:g}) could ever be drawn", step,
+                  "Use a smaller step, or widen low/high.")
         step = step if kind == "int" else float(step)
     if log and (low < 1 if kind == "int" else low <= 0):
         need = ">= 1" if kind == "int" else "> 0"
         _fail(locate, f"{key}.low", f"must be {need} when log is true", low,
               "Use a positive low or drop log.")
     return ParamSpec(name, kind, low=low, high=high, log=log, step=step)
+
+
+def _quoted_number(value: Any) -> str | None:
+    """The fix for a number written in quotes, which YAML reads as text."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return None
+        return "Remove the quotes: YAML reads a quoted value as text."
+    return None
 
 
 def _is_number(value: Any) -> bool:
@@ -215,6 +241,51 @@ def _fail(locate: Locate, key: str, problem: str, got: Any = HparamSearchError._
           fix: str | None = None) -> None:
     source, line = locate(key)
     raise HparamSearchError(problem, source=source, key=key, line=line, got=got, fix=fix)
+
+
+def check_against_study(params: tuple[ParamSpec, ...], stored: Mapping[str, Any], study: str,
+                        locate: Locate) -> None:
+    """Raise when a parameter's distribution cannot join the trials the study already holds:
+    Optuna keeps a parameter's kind, log scale and categorical choices fixed within a study."""
+    from optuna.distributions import CategoricalDistribution, check_distribution_compatibility
+
+    for p in params:
+        old = stored.get(p.name)
+        if old is None:
+            continue
+        try:
+            check_distribution_compatibility(old, p.distribution())
+        except ValueError:
+            pass
+        else:
+            continue
+        key, got = f"sweep_parameters.{p.name}", _MISSING
+        if isinstance(old, CategoricalDistribution) and p.type == "categorical":
+            key, got = f"{key}.choices", list(p.choices)
+            problem = (f"study '{study}' already has trials with choices {list(old.choices)}, "
+                       f"and Optuna cannot change a categorical parameter's choices within a "
+                       f"study")
+            keep = "keep the old choices"
+        elif getattr(old, "log", None) is not None and p.type != "categorical" and \
+                type(old).__name__.lower().startswith(p.type):
+            key, got = f"{key}.log", p.log
+            scale = "log" if old.log else "linear"
+            problem = (f"study '{study}' already has trials sampled on a {scale} scale, and "
+                       f"Optuna cannot change log within a study")
+            keep = f"keep log: {'true' if old.log else 'false'}"
+        else:
+            kind = {"FloatDistribution": "float", "IntDistribution": "int",
+                    "CategoricalDistribution": "categorical"}.get(type(old).__name__, "other")
+            key, got = f"{key}.type", p.type
+            problem = (f"study '{study}' already has trials where this parameter is {kind}, and "
+                       f"Optuna cannot change a parameter's type within a study")
+            keep = f"keep type: {kind}"
+        source, line = locate(key)
+        raise HparamSearchError(problem, source=source, key=key, line=line, got=got,
+                                fix=f"Start a separate study with --set tag=NEW_TAG, or {keep}.")
+
+
+_MISSING = HparamSearchError._MISSING
 
 
 def suggest(trial: optuna.Trial, params: tuple[ParamSpec, ...]) -> dict[str, Any]:

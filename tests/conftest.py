@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,12 @@ class UserProject:
         finally:
             storage.engine.dispose()
 
+    @contextlib.contextmanager
+    def study(self, study: str = "exp_t") -> Iterator[Any]:
+        """The study, loaded through Optuna's own storage; its connections closed after."""
+        with open_study(f"sqlite:///{self.db(study)}", study) as loaded:
+            yield loaded
+
     def live_count(self) -> int:
         """Trials in the study file right now, read while a search may be writing it."""
         import sqlite3
@@ -138,7 +145,7 @@ class UserProject:
         if not self.db().exists():
             return 0
         try:
-            with sqlite3.connect(self.db(), timeout=5) as conn:
+            with contextlib.closing(sqlite3.connect(self.db(), timeout=5)) as conn:
                 return conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
         except sqlite3.OperationalError:  # tables not created yet
             return 0
@@ -148,7 +155,7 @@ class UserProject:
         (a checkpoint of the write-ahead log rewrites pages without changing anything)."""
         import sqlite3
 
-        with sqlite3.connect(self.db(study)) as conn:
+        with contextlib.closing(sqlite3.connect(self.db(study))) as conn:
             return list(conn.iterdump())
 
     def states(self, study: str = "exp_t") -> dict[str, int]:
@@ -156,6 +163,19 @@ class UserProject:
         for t in self.trials(study):
             out[t.state.name] = out.get(t.state.name, 0) + 1
         return out
+
+
+@contextlib.contextmanager
+def open_study(url: str, name: str) -> Iterator[Any]:
+    """``optuna.load_study`` on Optuna's own RDBStorage, its engine disposed afterwards (Python
+    3.13 warns about sqlite3 connections left to the garbage collector)."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        yield optuna.load_study(study_name=name, storage=storage)
+    finally:
+        storage.engine.dispose()
 
 
 @pytest.fixture

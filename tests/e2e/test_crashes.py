@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -17,7 +18,7 @@ def db_states(project: UserProject) -> dict[str, int]:
     if not project.db().exists():
         return {}
     try:
-        with sqlite3.connect(project.db(), timeout=5) as conn:
+        with contextlib.closing(sqlite3.connect(project.db(), timeout=5)) as conn:
             return dict(conn.execute("SELECT state, COUNT(*) FROM trials GROUP BY state"))
     except sqlite3.OperationalError:  # tables not created yet
         return {}

@@ -61,7 +61,7 @@ def test_dashboard_shows_the_study_in_a_real_browser(project: UserProject, tmp_p
     try:
         first = server.stdout.readline()
         assert first.strip() == (f"optuna-dashboard for study 'exp_t': "
-                                 f"http://127.0.0.1:{port}/dashboard/")
+                                 f"http://127.0.0.1:{port}/dashboard/studies/1")
         wait_for(lambda: up(f"http://127.0.0.1:{port}/api/studies"), timeout=60, interval=0.2)
         page = f"http://127.0.0.1:{port}/dashboard/studies/1/trials"
         dom = browse(browser, page, tmp_path / "profile", "--dump-dom")
@@ -79,4 +79,21 @@ def test_dashboard_shows_the_study_in_a_real_browser(project: UserProject, tmp_p
             assert colours is None or len(colours) > 20  # a rendered page, not a blank one
     finally:
         server.terminate()
-        server.communicate(timeout=30)
+        rest, _ = server.communicate(timeout=30)
+    assert "GET /" not in rest  # requests are not echoed
+
+
+def test_dashboard_refuses_a_port_in_use_before_announcing_it(project: UserProject) -> None:
+    project.write_config(n_jobs=1, n_trials=1)
+    assert project.run().returncode == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "hparam_search.cli", "dashboard", "exp_t",
+                                 "--port", str(port)], cwd=project.root, env=project.env(),
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: cannot serve on 127.0.0.1:{port}: ")
+    assert result.stderr.endswith("Pick another --port.\n")

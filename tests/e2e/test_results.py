@@ -91,8 +91,9 @@ def test_ls_lists_every_study_with_counts(made: UserProject) -> None:
     assert lines[0].split()[:6] == ["study", "file", "COMPLETE", "PRUNED", "FAIL", "RUNNING"]
     row = next(line for line in lines if line.startswith("exp_t "))
     states = made.states()
-    assert row.split()[1:6] == ["optuna_studies/exp_t.db", str(states.get("COMPLETE", 0)),
-                                str(states.get("PRUNED", 0)), "1", "0"]
+    # The enqueued x=4.5 raises: its PRUNED trials are counted as errors, apart from the pruner.
+    assert row.split()[1:7] == ["optuna_studies/exp_t.db", str(states.get("COMPLETE", 0)),
+                                str(states.get("PRUNED", 0)), "(error)", "1", "0"]
     assert any(line.startswith("exp_two ") and "on the Pareto front" in line for line in lines)
 
 
@@ -102,8 +103,10 @@ def test_show_summary_config_and_top_n(made: UserProject) -> None:
     out = result.stdout
     import optuna
 
-    study = optuna.load_study(study_name="exp_t", storage=f"sqlite:///{made.db()}")
-    assert f"best         trial {study.best_trial.number}: value={study.best_value:.6g}" in out
+    with made.study() as study:
+        best_trial, complete = study.best_trial, study.get_trials(
+            states=(optuna.trial.TrialState.COMPLETE,))
+    assert f"best         trial {best_trial.number}: value={best_trial.value:.6g}" in out
     assert "directions   minimize" in out and "FAIL 1" in out
     assert f"script       {made.script}" in out
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=made.root, capture_output=True,
@@ -112,8 +115,7 @@ def test_show_summary_config_and_top_n(made: UserProject) -> None:
     assert "  experiment_name: exp" in out and "  n_trials: 12" in out  # the resolved config
     top = out.split("top 3 trials:\n")[1].splitlines()
     assert len(top) == 4  # header + 3
-    best_numbers = [t.number for t in sorted(study.get_trials(
-        states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.value)[:3]]
+    best_numbers = [t.number for t in sorted(complete, key=lambda t: t.value)[:3]]
     assert [int(line.split()[0]) for line in top[1:]] == best_numbers
     two = cli("show", str(made.db("exp_two")), cwd=made.root)
     assert "directions   minimize, minimize" in two.stdout and "pareto front" in two.stdout
@@ -122,8 +124,8 @@ def test_show_summary_config_and_top_n(made: UserProject) -> None:
 def test_study_metadata_is_stored(made: UserProject) -> None:
     import optuna
 
-    study = optuna.load_study(study_name="exp_t", storage=f"sqlite:///{made.db()}")
-    run = study.user_attrs["hparam_search.run"]
+    with made.study() as study:
+        run = study.user_attrs["hparam_search.run"]
     assert run["command"].startswith("python ") and run["script"] == str(made.script)
     assert run["python"] == sys.version.split()[0]
     assert run["versions"]["optuna"] == optuna.__version__
@@ -137,9 +139,8 @@ def test_best_writes_a_config_train_can_run(made: UserProject, tmp_path: Path) -
     result = cli("best", "exp_t", "--yaml", str(out), cwd=made.root)
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(out.read_text())
-    import optuna
-
-    best = optuna.load_study(study_name="exp_t", storage=f"sqlite:///{made.db()}").best_trial
+    with made.study() as study:
+        best = study.best_trial
     assert config["x"] == best.params["x"] and config["y"] == best.params["y"]
     assert config["experiment_name"] == "exp" and "sweep_parameters" not in config
     runner = made.write_script(name="single.py", body=f"""
@@ -230,7 +231,9 @@ def test_errors_are_one_line(made: UserProject, tmp_path: Path) -> None:
     assert result.stderr == "error: no study 'nope'. Studies in optuna_studies/: exp_t, exp_two.\n"
     import optuna
 
-    optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path / 'empty.db'}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'empty.db'}")
+    optuna.create_study(study_name="empty", storage=storage)
+    storage.engine.dispose()
     result = cli("export", str(tmp_path / "empty.db"), "--format", "csv", "-o", "x.csv",
                  cwd=tmp_path)
     assert result.stderr == "error: study 'empty' has no trials yet.\n"

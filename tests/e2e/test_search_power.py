@@ -190,14 +190,13 @@ def test_several_objectives(project: UserProject, returns: str, metrics: list | 
           n_trials=6, **extra)
     result = project.run()
     assert result.returncode == 0, result.stderr
-    import optuna
-
-    study = optuna.load_study(study_name="exp_t", storage=f"sqlite:///{project.db()}")
-    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
-    for t in study.trials:
+    with project.study() as study:
+        directions, trials, names = study.directions, study.trials, study.metric_names
+    assert [d.name for d in directions] == ["MINIMIZE", "MAXIMIZE"]
+    for t in trials:
         assert t.values == pytest.approx([(t.params["x"] - 1) ** 2, abs(t.params["x"])])
     if metrics:
-        assert study.metric_names == metrics
+        assert names == metrics
         assert all(t.user_attrs["metric.extra"] == 7 for t in study.trials)
     assert "Pareto front (minimize, maximize):" in result.stdout
     front = {t.number for t in study.best_trials}

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from hparam_search import storage as st
-from hparam_search._fast_sqlite import FastSQLiteStorage
+from hparam_search.storage.sqlite import FastSQLiteStorage
 
 
 def _populate(url: str, writer: optuna.storages.BaseStorage) -> optuna.Study:

@@ -1,0 +1,163 @@
+"""Open a study storage from its URL: SQLite tuning, table creation, readable errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import HparamSearchError
+from .budget import budget_lock
+from .urls import journal_path, mask_secrets, sqlite_path
+
+# How long a writer waits for SQLite's lock before giving up: generous, since 16+ workers queue.
+SQLITE_BUSY_TIMEOUT_S = 120
+# Database storages: a trial whose heartbeat stops for GRACE_S (its process or host died) is
+# failed by the next worker that claims a trial, from any host.
+HEARTBEAT_S = 10
+GRACE_S = 60
+
+
+def open_storage(url: str, *, create: bool) -> Any:
+    """Open the storage at ``url``. ``create`` makes tables and checks the schema version
+    (the parent does that once); workers skip both to start fast."""
+    import optuna
+    import sqlalchemy
+
+    journal = journal_path(url)
+    if journal is not None:
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        backend = JournalFileBackend(str(journal), lock_obj=JournalFileOpenLock(str(journal)))
+        return optuna.storages.JournalStorage(backend)
+    engine_kwargs: dict[str, Any] = {}
+    db_path = sqlite_path(url)
+    extra: dict[str, Any] = {}
+    if db_path is not None:
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+        if create:
+            _make_folder(db_path)
+    else:
+        extra = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
+    from .sqlite import FastSQLiteStorage
+
+    storage_class = FastSQLiteStorage if db_path is not None else optuna.storages.RDBStorage
+    try:
+        with warnings.catch_warnings(), _schema_lock(url if create else None):
+            if create and db_path is not None:
+                _set_wal(db_path)  # under the lock: launchers starting together would collide
+            warnings.simplefilter("ignore")  # heartbeat options are marked experimental
+            storage = storage_class(url, engine_kwargs=engine_kwargs,
+                                    skip_table_creation=not create,
+                                    skip_compatibility_check=not create, **extra)
+    except ImportError as exc:
+        raise HparamSearchError(f"no database driver for this storage URL ({exc})",
+                                source=mask_secrets(url), key="storage",
+                                fix="Install the driver, e.g. pip install 'hparam-search[postgres]'."
+                                ) from exc
+    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, RuntimeError) as exc:
+        cause = getattr(exc, "orig", None) or exc  # the driver's message, not the SQL
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(exc).__name__
+        raise HparamSearchError(f"cannot open the study storage: {mask_secrets(first)}",
+                                source=mask_secrets(url),
+                                fix="Check that it is reachable, writable and not full.") from exc
+    if db_path is not None:
+        sqlalchemy.event.listen(storage.engine, "connect", _tune_sqlite_connection)
+    return storage
+
+
+def close_storage(storage: Any) -> None:
+    """Close the storage's database connections (a no-op for journal files)."""
+    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
+def _make_folder(db_path: Path) -> None:
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(f"{db_path}.lock", os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as exc:
+        _cannot_write(db_path, exc)
+
+
+def _set_wal(db_path: Path) -> None:
+    try:
+        with contextlib.closing(sqlite3.connect(db_path, timeout=SQLITE_BUSY_TIMEOUT_S)) as c:
+            c.execute("PRAGMA journal_mode=WAL")  # persistent in the file
+    except sqlite3.Error as exc:
+        _cannot_write(db_path, exc)
+
+
+def _cannot_write(db_path: Path, exc: Exception) -> None:
+    problem = f"cannot write the study file: {exc}"
+    if _read_only(db_path.parent):
+        problem = "the study's folder is on a read-only filesystem"
+    raise HparamSearchError(
+        problem, source=str(db_path),
+        fix="The search needs a writable folder with free space (save_db_directory)."
+    ) from exc
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _tune_sqlite_connection(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers (optuna-dashboard) work while workers write; NORMAL is durable against
+    # any process being killed (only an OS crash can drop the last commits) and ~3x faster.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str | None) -> Iterator[None]:
+    """Launchers started together on a fresh database would race to create Optuna's tables:
+    one creates them while the others wait."""
+    if url is None:
+        yield
+        return
+    if sqlite_path(url) is not None:
+        with budget_lock(url, "schema"):
+            yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with budget_lock(url, "schema", engine):
+            yield
+    finally:
+        engine.dispose()
+
+
+def failure_message(exc: BaseException, who: str) -> str:
+    """One paragraph for an exception that stopped a process of the search: the storage's
+    fault only when it is a storage error."""
+    detail = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
+    what = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    if is_storage_error(exc):
+        return mask_secrets(
+            f"the study storage failed in {who}: {what}. Check that the database is reachable "
+            "and its disk is writable and not full; the study resumes where it stopped.")
+    return mask_secrets(
+        f"unexpected error in {who}: {what}. This is not an error in train; set "
+        "HPARAM_SEARCH_DEBUG=1 to see the traceback, and please report it.")
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    import sqlalchemy
+    from optuna.exceptions import StorageInternalError
+
+    return isinstance(exc, (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, StorageInternalError,
+                            OSError))

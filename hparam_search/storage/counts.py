@@ -1,0 +1,93 @@
+"""Trials by state: what counts toward the budget, and why trials were pruned."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+ERROR_ATTR = "error"  # user attribute: the exception (or bad value) that pruned the trial
+PRUNE_REASON_ATTR = "prune_reason"
+TIMEOUT_PREFIX = "timeout"
+PRUNED_KINDS = ("pruner", "error", "timeout")
+
+
+def state_counts(storage: Any, study_id: int) -> dict[str, int]:
+    """Number of trials per state name, in one query where the storage is a database."""
+    import sqlalchemy
+
+    if not hasattr(storage, "engine"):
+        counts: dict[str, int] = {}
+        for t in storage.get_all_trials(study_id, deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        return counts
+
+    query = sqlalchemy.text(
+        "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
+    with storage.engine.connect() as conn:
+        rows = conn.execute(query, {"sid": study_id}).all()
+    return {(s.name if hasattr(s, "name") else str(s)): n for s, n in rows}
+
+
+def finished(counts: dict[str, int]) -> int:
+    """Trials that count toward the budget once done."""
+    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+
+
+def claimed(counts: dict[str, int]) -> int:
+    """Trials done or under way: what the budget must never exceed. WAITING (enqueued) trials
+    are not counted: they were enqueued within the budget, and a worker takes one before it
+    ever creates a new trial."""
+    return finished(counts) + counts.get("RUNNING", 0)
+
+
+def pruned_kinds(storage: Any, study_id: int) -> dict[str, int]:
+    """PRUNED trials by cause: the pruner, an error in train, or trial_timeout."""
+    engine = getattr(storage, "engine", None)
+    if engine is None:
+        return count_pruned_kinds(storage.get_all_trials(study_id, deepcopy=False))
+    import sqlalchemy
+
+    query = sqlalchemy.text(
+        "SELECT COUNT(*), "
+        "SUM(CASE WHEN EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = "
+        "t.trial_id AND a.key = :error) THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = "
+        "t.trial_id AND a.key = :reason AND a.value_json LIKE :timeout) THEN 1 ELSE 0 END) "
+        "FROM trials t WHERE t.study_id = :sid AND t.state = 'PRUNED'")
+    with engine.connect() as conn:
+        total, errors, timeouts = conn.execute(query, {
+            "error": ERROR_ATTR, "reason": PRUNE_REASON_ATTR, "timeout": f'"{TIMEOUT_PREFIX}%',
+            "sid": study_id}).one()
+    errors, timeouts = errors or 0, timeouts or 0
+    return {"pruner": total - errors - timeouts, "error": errors, "timeout": timeouts}
+
+
+def pruned_kind(trial: Any) -> str:
+    """Why one PRUNED trial was pruned."""
+    if ERROR_ATTR in trial.user_attrs:
+        return "error"
+    if str(trial.user_attrs.get(PRUNE_REASON_ATTR, "")).startswith(TIMEOUT_PREFIX):
+        return "timeout"
+    return "pruner"
+
+
+def count_pruned_kinds(trials: Iterable[Any]) -> dict[str, int]:
+    out = dict.fromkeys(PRUNED_KINDS, 0)
+    for trial in trials:
+        if trial.state.name == "PRUNED":
+            out[pruned_kind(trial)] += 1
+    return out
+
+
+def format_counts(counts: dict[str, int], kinds: dict[str, int] | None = None) -> str:
+    """``COMPLETE 7, PRUNED 8 (pruner) + 2 (error), FAIL 1``."""
+    parts = []
+    for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"):
+        n = counts.get(state, 0)
+        if not n:
+            continue
+        text = f"{state} {n}"
+        if state == "PRUNED" and kinds:
+            text = "PRUNED " + " + ".join(f"{kinds[k]} ({k})" for k in PRUNED_KINDS if kinds.get(k))
+        parts.append(text)
+    return ", ".join(parts) or "no trials"

@@ -1,0 +1,172 @@
+"""Trials whose process died: who owns a trial, heartbeats, and marking abandoned trials FAIL."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import attrs
+from .attrs import FAIL_REASON_ATTR, OWNER_ATTR
+from .connect import HEARTBEAT_S
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import RDBStorage
+
+ORPHAN_S = 120  # a RUNNING trial with no owner recorded this long is abandoned
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Which process runs a trial, to tell a live trial from one whose process died."""
+
+    host: str
+    pid: int
+    started: int | None  # process start time in clock ticks: guards against pid reuse
+    rank: int
+
+    @classmethod
+    def me(cls, rank: int) -> Owner:
+        return cls(socket.gethostname(), os.getpid(), _process_start(os.getpid()), rank)
+
+    def as_attr(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_attr(cls, value: Any) -> Owner | None:
+        try:
+            return cls(**value)
+        except TypeError:
+            return None
+
+    def is_alive(self) -> bool:
+        """Whether the process is still running (only answerable on its own host)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        stat = _proc_stat(self.pid)
+        if stat is None:  # no /proc (macOS): the pid exists, trust it
+            return True
+        state, started = stat
+        # A zombie has exited (where no init reaps orphans, it lingers); a different start
+        # time means the pid was reused by another process.
+        return state != "Z" and (self.started is None or started == self.started)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) from /proc, or None where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # The command name (field 2) may hold spaces, so split after its closing ')'.
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def fail_trial(storage: RDBStorage, trial_id: int, reason: str) -> bool:
+    """Mark a RUNNING trial FAIL with ``reason``; False when it had already finished."""
+    from optuna.trial import TrialState
+
+    try:
+        storage.set_trial_system_attr(trial_id, FAIL_REASON_ATTR, reason)
+        return storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except RuntimeError:  # UpdateFinishedTrialError: it finished meanwhile
+        return False
+
+
+def running_trials(storage: RDBStorage, study_id: int) -> list[optuna.trial.FrozenTrial]:
+    from optuna.trial import TrialState
+
+    return storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def fail_trials_of(storage: RDBStorage, study_id: int, pids: set[int] | None, reason: str
+                   ) -> list[int]:
+    """Mark FAIL the RUNNING trials whose process on this host is in ``pids`` or, with
+    ``pids=None``, is dead. Returns the trial numbers."""
+    host = socket.gethostname()
+    numbers = []
+    for trial in running_trials(storage, study_id):
+        owner = Owner.from_attr(trial.system_attrs.get(OWNER_ATTR))
+        if owner is None:
+            # Created by a process that died before saying who it was (only possible where the
+            # owner is a separate write, i.e. not on SQLite): fail it once clearly abandoned.
+            age = datetime.datetime.now() - (trial.datetime_start or datetime.datetime.now())
+            if pids is None and age.total_seconds() > ORPHAN_S and \
+                    fail_trial(storage, attrs.trial_id(trial), reason):
+                numbers.append(trial.number)
+            continue
+        if owner.host != host:
+            continue
+        hit = owner.pid in pids if pids is not None else not owner.is_alive()
+        if hit and fail_trial(storage, attrs.trial_id(trial), reason):
+            numbers.append(trial.number)
+            _requeue_if_explicit(storage, study_id, trial)
+    return numbers
+
+
+def _requeue_if_explicit(storage: RDBStorage, study_id: int, trial: Any) -> None:
+    """A grid point or enqueued trial whose process died is queued again: each must finish
+    once, and a crash is not a finish."""
+    import optuna
+
+    fixed = trial.system_attrs.get("fixed_params")
+    if fixed:
+        study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id),
+                                  storage=storage)
+        study.enqueue_trial(fixed, skip_if_exists=False)
+
+
+@contextlib.contextmanager
+def heartbeat(storage: Any, running_id: int) -> Iterator[None]:
+    """While a trial runs on a database storage, record a heartbeat every HEARTBEAT_S, so that
+    if this process or its host dies, the trial is failed by a worker elsewhere (fail_stale)."""
+    if getattr(storage, "heartbeat_interval", None) is None:
+        yield
+        return
+    import threading
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(running_id)
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
+                pass
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, name="hparam-search-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_stale(study: Any, storage: Any) -> None:
+    """Fail the trials whose heartbeat stopped more than GRACE_S ago (database storages)."""
+    if getattr(storage, "heartbeat_interval", None) is None:
+        return
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)

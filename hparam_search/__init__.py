@@ -2,17 +2,18 @@
 
 from typing import Any
 
-from ._trial import TrialInfo, current_trial, report, should_prune
 from .decorator import hparam_search
 from .errors import HparamSearchError
+from .launch.trial import (TrialInfo, current_trial, report, save_artifact, should_prune,
+                           stopping)
+from .public_storage import open_storage
 
 __version__ = "0.1.0"
 
 # Users import the decorator under the package's name (`from hparam_search import
 # hparam_search`), so the in-train helpers are reachable from it as well.
-hparam_search.report = report  # type: ignore[attr-defined]
-hparam_search.should_prune = should_prune  # type: ignore[attr-defined]
-hparam_search.current_trial = current_trial  # type: ignore[attr-defined]
+for _helper in (report, should_prune, current_trial, stopping, save_artifact):
+    setattr(hparam_search, _helper.__name__, _helper)
 
 
 def __getattr__(name: str) -> Any:
@@ -24,5 +25,7 @@ def __getattr__(name: str) -> Any:
         return TrialPruned
     raise AttributeError(f"module 'hparam_search' has no attribute {name!r}")
 
+
 __all__ = ["HparamSearchError", "TrialInfo", "TrialPruned", "current_trial", "hparam_search",
-           "report", "should_prune", "__version__"]
+           "open_storage", "report", "save_artifact", "should_prune", "stopping",
+           "__version__"]

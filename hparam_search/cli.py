@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "for train(config) or as the start of a new search.")
     p.add_argument("study", help=STUDY_HELP)
     p.add_argument("--yaml", metavar="FILE", help="write it to FILE instead of printing it")
+    p.add_argument("--artifacts", metavar="DIR",
+                   help="also copy the files the best trial saved with save_artifact into DIR")
 
     p = sub.add_parser("export", help="every trial as a table file",
                        description="One row per trial: number, state, value(s), every parameter, "
@@ -165,8 +167,11 @@ def _show(args: argparse.Namespace) -> int:
             values = reader.value_columns()
             varying = sorted({k for row in table for k in row if k.startswith("config.")})
             runs = ["run", *varying] if varying else []
+            retried = ["retry_of", "attempt"] if any(r["retry_of"] is not None
+                                                     for r in table) else []
             columns = ["number", *(["state"] if by_state else []), *values, *params, *runs,
-                       *(["why"] if by_state else []), "duration_s", "worker", "log_file"]
+                       *retried, *(["why"] if by_state else []), "duration_s", "worker",
+                       "log_file"]
             print(rp.format_table(table, columns))
     return 0
 
@@ -192,6 +197,12 @@ def _print_summary(reader: rp.StudyReader, s: dict[str, Any]) -> None:
         note = (f"; their fixed values differ in {', '.join(differ)} (see the run and config.* "
                 f"columns)" if differ else "; all with the same fixed values")
         print(f"runs         {len(runs)}{note}")
+    chains = reader.retry_chains()
+    if chains:
+        shown = ", ".join(" -> ".join(map(str, c)) for c in chains[:8])
+        more = f", and {len(chains) - 8} more" if len(chains) > 8 else ""
+        print(f"retries      {len(chains)} interrupted configuration"
+              f"{'s' if len(chains) != 1 else ''} re-run: {shown}{more}")
     run = s["run"]
     if run:
         git = run.get("git") or {}
@@ -245,6 +256,7 @@ def _trial(args: argparse.Namespace) -> int:
         t = reader.trial(args.number)
         runs = reader.runs()
         names = reader.value_columns()
+        chain = next((c for c in reader.retry_chains() if t.number in c), None)
     why = _why(t)
     print(f"trial {t.number} of study '{ref.name}': {t.state}" + (f" ({why})" if why else ""))
     if t.values:
@@ -266,7 +278,11 @@ def _trial(args: argparse.Namespace) -> int:
     for label, key in (("trial dir", rp.TRIAL_DIR_ATTR), ("log file", rp.LOG_ATTR)):
         if t.user_attrs.get(key):
             print(f"{label:<12} {t.user_attrs[key]}")
-    _print_retry_links(t)
+    if chain:
+        place = chain.index(t.number)
+        later = f"; retried by trial {chain[place + 1]}" if place + 1 < len(chain) else ""
+        print(f"attempts     {' -> '.join(map(str, chain))} (this is attempt {place + 1}"
+              f"{later})")
     print("params:")
     for k, v in t.params.items():
         print(f"  {k}: {v!r}")
@@ -288,29 +304,23 @@ def _trial(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_retry_links(t: rp.TrialRecord) -> None:
-    original = t.system_attrs.get("failed_trial")
-    if original is not None:
-        history = t.system_attrs.get("retry_history") or []
-        print(f"retry of     trial {original} (attempt {len(history) + 1}; earlier attempts: "
-              f"{', '.join(map(str, history))})")
-    retried_by = t.system_attrs.get("hparam_search:retried_by")
-    if retried_by is not None:
-        print(f"retried by   trial {retried_by}")
-
-
 def _best(args: argparse.Namespace) -> int:
     import yaml
 
     ref = rp.resolve(args.study)
     with rp.StudyReader(ref.url, ref.name) as reader:
         config = rp.best_config(reader)
+        copied = rp.copy_artifacts(reader, reader.best()[0], Path(args.artifacts)) \
+            if args.artifacts else []
     text = yaml.safe_dump(config, sort_keys=False)
     if args.yaml:
         Path(args.yaml).write_text(text, encoding="utf-8")
         print(f"wrote {args.yaml}")
     else:
         print(text, end="")
+    for path in copied:
+        print(f"copied {display_path(path.resolve())}", file=sys.stderr if not args.yaml
+              else sys.stdout)
     return 0
 
 
@@ -335,13 +345,16 @@ def _plot(args: argparse.Namespace) -> int:
             raise HparamSearchError(f"plots need matplotlib and plotly ({module} is missing)",
                                     fix="pip install 'hparam-search[plot]'") from exc
     from .results.plots import load_study, plot
+    from .results.report import gather
     from .storage import close_storage
 
     ref = rp.resolve(args.study)
     folder = Path(args.output) if args.output else Path("plots") / ref.name
+    with rp.StudyReader(ref.url, ref.name) as reader:  # the report's summary and top trials
+        info, top_rows = gather(reader)
     study = load_study(ref.url, ref.name)
     try:
-        files = plot(study, folder)
+        files = plot(study, folder, info, top_rows)
     finally:
         close_storage(study._storage)
     for f in files:
@@ -372,9 +385,10 @@ def _dashboard(args: argparse.Namespace) -> int:
     try:
         with rp.StudyReader(ref.url, ref.name) as reader:
             study_id = getattr(reader, "study_id", None)
+            runs = reader.runs()
         if study_id is None:
             study_id = storage.get_study_id_from_name(ref.name)
-        app = optuna_dashboard.wsgi(storage)
+        app = optuna_dashboard.wsgi(storage, artifact_store=rp.artifact_store(runs))
         try:  # bind before announcing: a port in use is an error, not a dead link
             server = make_server("127.0.0.1", args.port, app, server_class=Server,
                                  handler_class=QuietHandler)

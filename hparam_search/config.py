@@ -42,6 +42,10 @@ class SearchConfig:
     trial_logs: bool
     progress_interval: float
     threads_per_worker: int | None
+    retries: int
+    retry_exceptions: tuple[str, ...]
+    stop_grace: float
+    trial_dir: str | None
     params: tuple[ParamSpec, ...]
     fixed: dict[str, Any] = field(hash=False)
     overrides: tuple[str, ...] = ()

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from ._trial import TrialResult
+from .launch.trial import TrialResult
 from .config import SearchConfig
 from .space import merge_params
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from .config import SearchConfig, display_path, load_config
 from .console import describe_search, explicit_configs, quiet_stdout
 from .errors import HparamSearchError
-from .launcher import EXIT_SEARCH_FAILED, Launcher, LaunchPlan
+from .launch.launcher import EXIT_SEARCH_FAILED, Launcher, LaunchPlan
 from .storage import describe, mask_secrets, resolve_storage, sqlite_url
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -131,6 +131,7 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
     plan = LaunchPlan(
         config=cfg, script=script, module=fn.__module__, qualname=fn.__qualname__,
         db_dir=db_dir, url=url, start_method=start_method,
+        files_root=_files_root(cfg, script, db_dir),
         resume_command=mask_secrets(" ".join(shlex.quote(a) for a in ["python", *sys.argv])))
     launcher = Launcher(plan)
     code = launcher.run()
@@ -147,6 +148,39 @@ def _study_location(cfg: SearchConfig, script: Path,
     url = (resolve_storage(cfg.storage, script.parent) if cfg.storage
            else sqlite_url(db_dir / f"{cfg.study_name}.db"))
     return db_dir, url
+
+
+def _files_root(cfg: SearchConfig, script: Path, db_dir: Path) -> Path:
+    """Where trial folders and artifacts go: ``trial_dir`` (relative to the script's folder),
+    else save_db_directory. Checked before anything runs: it must be a writable folder, or one
+    that can be made in an existing writable folder."""
+    if cfg.trial_dir is None:
+        return db_dir
+    path = Path(cfg.trial_dir).expanduser()
+    path = (path if path.is_absolute() else script.parent / path).resolve()
+    source, line = cfg.where("trial_dir")
+    existing = path if path.exists() else path.parent
+
+    def fail(problem: str) -> None:
+        raise HparamSearchError(problem, source=source, key="trial_dir", line=line,
+                                got=cfg.trial_dir,
+                                fix="Point trial_dir at a writable folder (on a filesystem every "
+                                    "machine of the study shares, when several run it).")
+
+    if not existing.exists():
+        fail(f"its parent folder {existing} does not exist")
+    if not existing.is_dir():
+        fail(f"{existing} is not a folder")
+    if not os.access(existing, os.W_OK) or _read_only(existing):
+        fail(f"{existing} is not writable")
+    return path
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _help_epilog(script: Path, config_path: str | os.PathLike[str],

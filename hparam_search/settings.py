@@ -41,7 +41,12 @@ SETTINGS: dict[str, tuple[bool, Any]] = {
     "workers_per_gpu": (False, 1),
     "progress_interval": (False, 30),
     "threads_per_worker": (False, None),  # None: cores // n_jobs; 0: leave the environment
+    "retries": (False, 2),  # re-runs of an interrupted configuration
+    "retry_exceptions": (False, None),  # exception class names retried like interruptions
+    "stop_grace": (False, None),  # seconds workers get after SIGTERM; None: STOP_GRACE_S
+    "trial_dir": (False, None),  # root of the trial folders; None: save_db_directory
 }
+STOP_GRACE_S = 2.5  # the default: the whole stop stays under 3 s
 
 
 def validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, int | None]]
@@ -165,6 +170,26 @@ def validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, i
     threads = out["threads_per_worker"]
     if threads is not None:
         integer("threads_per_worker", 0, " (0 leaves OMP_NUM_THREADS and the like alone)")
+    integer("retries", 0, " (0 turns retries off)")
+    names = out["retry_exceptions"]
+    if names is None:
+        names = []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.isidentifier()
+                                              for n in names):
+        fail("retry_exceptions", "must be a list of exception class names", names,
+             "Write e.g. 'retry_exceptions: [OutOfMemoryError, MemoryError]'.")
+    out["retry_exceptions"] = tuple(names)
+    grace = out["stop_grace"]
+    if grace is None:
+        out["stop_grace"] = STOP_GRACE_S
+    elif isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
+        fail("stop_grace", "must be a number of seconds >= 0", grace,
+             "Write e.g. 'stop_grace: 30' to give train 30 s to save a checkpoint.")
+    trial_dir = out["trial_dir"]
+    if trial_dir is not None and (not isinstance(trial_dir, str) or not trial_dir.strip()):
+        fail("trial_dir", "must be a folder path", trial_dir,
+             "Write e.g. 'trial_dir: /shared/runs' (relative paths are taken from the script's "
+             "folder).")
     for key in ("sampler", "pruner", "enqueue"):
         out.pop(key)
     return out

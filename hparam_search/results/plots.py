@@ -1,5 +1,6 @@
 """Plots of a study: PNG files through matplotlib and one HTML report through plotly, both
-from Optuna's own visualization module (imported only here)."""
+from Optuna's own visualization module (imported only here); the report's page is made by
+``report``."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ def load_study(url: str, name: str) -> Any:
     return optuna.load_study(study_name=name, storage=open_storage(url, create=False))
 
 
-def plot(study: Any, folder: Path) -> list[Path]:
-    """PNG files and one self-contained HTML report with Optuna's own plots."""
+def plot(study: Any, folder: Path, info: dict[str, Any] | None = None,
+         top_rows: list[dict[str, Any]] | None = None) -> list[Path]:
+    """PNG files and one self-contained HTML report with Optuna's own plots. ``info`` and
+    ``top_rows`` (from ``report.gather``) fill the report's summary and table; without them
+    it summarises the trial counts only."""
     import warnings
 
     import matplotlib
@@ -83,19 +87,27 @@ def plot(study: Any, folder: Path) -> list[Path]:
             plt.close(fig)
             written.append(png)
             html_parts.append((name, make(vis)))
-    report = folder / "report.html"
-    body = [f"<h1>Study {study.study_name}</h1>",
-            f"<p>{len(study.trials)} trials; directions: "
-            f"{', '.join(d.name.lower() for d in study.directions)}</p>"]
-    for i, (name, fig) in enumerate(html_parts):
-        body.append(f'<h2 id="{name}">{name.replace("_", " ")}</h2>')
-        body.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False,
-                                div_id=f"plot-{name}"))
-    report.write_text("<!doctype html><html><head><meta charset='utf-8'><title>"
-                      f"{study.study_name}</title></head><body>{''.join(body)}</body></html>",
-                      encoding="utf-8")
+    from .report import write_report
+
+    report = write_report(folder / "report.html", study.study_name,
+                          info if info is not None else _counts_info(study), top_rows or [],
+                          html_parts)
     written.append(report)
     return written
+
+
+def _counts_info(study: Any) -> dict[str, Any]:
+    """The report's summary when no reader's is given: directions and trials by state."""
+    from ..storage import count_pruned_kinds, format_counts
+
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    kinds = count_pruned_kinds(trials)
+    return {"directions": [d.name.lower() for d in study.directions], "trials": len(trials),
+            "states": counts, "pruned_kinds": kinds, "states_text": format_counts(counts, kinds),
+            "value_columns": list(study.metric_names) if study.metric_names else None}
 
 
 def _spans_orders_of_magnitude(values: list[float], orders: int) -> bool:

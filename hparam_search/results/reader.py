@@ -13,7 +13,8 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import HparamSearchError
-from ..storage import RUNS_ATTR, count_pruned_kinds, journal_path, mask_secrets
+from ..storage import (RETRY_HISTORY_ATTR, RUNS_ATTR, count_pruned_kinds, journal_path,
+                       mask_secrets)
 from ..storage.counts import ERROR_ATTR, PRUNE_REASON_ATTR, TIMEOUT_PREFIX
 
 _CHUNK = 900  # ids per IN (...) list: below SQLite's bound-variable limit
@@ -283,6 +284,26 @@ class StudyReader:
                                    dict(t.params), dict(t.user_attrs), dict(t.system_attrs),
                                    dict(t.intermediate_values)))
         return out
+
+    def retry_chains(self) -> list[list[int]]:
+        """Each retried configuration's attempts, in order (``[[0, 3], [5, 7, 9]]``)."""
+        histories = []
+        if self._journal is not None:
+            for t in self._journal.get_trials(deepcopy=False):
+                if t.system_attrs.get(RETRY_HISTORY_ATTR):
+                    histories.append((t.number, t.system_attrs[RETRY_HISTORY_ATTR]))
+        else:
+            rows = self._rows(
+                "SELECT t.number, a.value_json FROM trial_system_attributes a JOIN trials t ON "
+                "a.trial_id = t.trial_id WHERE t.study_id = ? AND a.key = ?",
+                [self.study_id, RETRY_HISTORY_ATTR])
+            histories = [(number, json.loads(text)) for number, text in rows]
+        longest: dict[int, list[int]] = {}
+        for number, history in histories:
+            chain = [*history, number]
+            if len(chain) > len(longest.get(chain[0], [])):
+                longest[chain[0]] = chain
+        return sorted(longest.values())
 
     def trial(self, number: int) -> TrialRecord:
         """One trial with everything, intermediate values included."""

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HparamSearchError
-from ..storage import OWNER_ATTR, RUN_ATTR_OF_TRIAL, format_counts, run_of_trial
+from ..storage import (OWNER_ATTR, RUN_ATTR_OF_TRIAL, TRIAL_DIR_ATTR, attempt_of, format_counts,
+                       retry_of, run_of_trial)
 from ..storage.counts import ERROR_ATTR, PRUNE_REASON_ATTR
 from .reader import StudyReader, TrialRecord
 
 EXPORT_FORMATS = ("csv", "json", "jsonl", "parquet")
 LOG_ATTR = "log_file"
-TRIAL_DIR_ATTR = "trial_dir"
 
 
 def summary(reader: StudyReader, **extra: Any) -> dict[str, Any]:
@@ -72,7 +72,14 @@ def rows(reader: StudyReader, records: list[TrialRecord] | None = None) -> list[
             "log_file": t.user_attrs.get(LOG_ATTR),
             "datetime_start": t.start.isoformat(sep=" ") if t.start else None,
             "run": t.system_attrs.get(RUN_ATTR_OF_TRIAL),
+            "retry_of": retry_of(t),
+            "attempt": attempt_of(t),
+            TRIAL_DIR_ATTR: t.user_attrs.get(TRIAL_DIR_ATTR),
         })
+        if owner.get("slurm"):
+            slurm = owner["slurm"]
+            row.update({"slurm_job": slurm.get("job"), "slurm_task": slurm.get("task"),
+                        "slurm_node": slurm.get("node")})
         if varying:
             run = run_of_trial(t, runs)
             row.update({f"config.{k}": v

@@ -23,3 +23,31 @@ def study_id(study: Any) -> int:
 def trial_id(trial: Any) -> int:
     """The storage's id of an ``optuna.Trial`` or ``FrozenTrial``."""
     return trial._trial_id
+
+
+def frozen_of(trial: Any) -> Any:
+    """The FrozenTrial an ``optuna.Trial`` was made from (as Optuna caches it)."""
+    return trial._cached_frozen_trial
+
+
+def replace_intermediate(trial: Any, value: float, step: int) -> bool:
+    """Store ``value`` at ``step`` when the trial already has a value there (a retry carries
+    the interrupted attempt's curve over and reports those steps again); False otherwise, and
+    ``Trial.report`` records it as usual. Optuna's own report would ignore the new value."""
+    cached = trial._cached_frozen_trial
+    if step not in cached.intermediate_values:
+        return False
+    value = float(value)
+    trial.storage.set_trial_intermediate_value(trial._trial_id, step, value)
+    cached.intermediate_values[step] = value
+    return True
+
+
+def set_user_attrs(storage: Any, trial_id: int, values: dict[str, Any]) -> None:
+    """Several user attributes of one trial, in one transaction where the storage can."""
+    many = getattr(storage, "set_trial_user_attrs", None)
+    if many is not None:
+        many(trial_id, values)
+        return
+    for key, value in values.items():
+        storage.set_trial_user_attr(trial_id, key, value)

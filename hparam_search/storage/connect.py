@@ -20,6 +20,18 @@ SQLITE_BUSY_TIMEOUT_S = 120
 # failed by the next worker that claims a trial, from any host.
 HEARTBEAT_S = 10
 GRACE_S = 60
+GRACE_ENV = "HPARAM_SEARCH_HEARTBEAT_GRACE"  # seconds; a shorter grace finds lost hosts sooner
+
+
+def heartbeat_timing() -> tuple[float, float]:
+    """(heartbeat interval, grace period) in seconds; the grace comes from GRACE_ENV when
+    set, and beats come at least three times per grace period."""
+    try:
+        grace = float(os.environ.get(GRACE_ENV, GRACE_S))
+    except ValueError:
+        grace = GRACE_S
+    grace = max(grace, 1.0)
+    return min(HEARTBEAT_S, grace / 3), grace
 
 
 def open_storage(url: str, *, create: bool) -> Any:
@@ -43,7 +55,9 @@ def open_storage(url: str, *, create: bool) -> Any:
         if create:
             _make_folder(db_path)
     else:
-        extra = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S}
+        interval, grace = heartbeat_timing()
+        # Optuna stores whole seconds; the beats themselves follow `interval` (heartbeat()).
+        extra = {"heartbeat_interval": max(1, int(interval)), "grace_period": max(1, int(grace))}
     from .sqlite import FastSQLiteStorage
 
     storage_class = FastSQLiteStorage if db_path is not None else optuna.storages.RDBStorage

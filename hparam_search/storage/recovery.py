@@ -6,14 +6,13 @@ import contextlib
 import datetime
 import os
 import socket
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import attrs
 from .attrs import FAIL_REASON_ATTR, OWNER_ATTR
-from .connect import HEARTBEAT_S
+from .connect import heartbeat_timing
 
 if TYPE_CHECKING:
     import optuna
@@ -30,18 +29,21 @@ class Owner:
     pid: int
     started: int | None  # process start time in clock ticks: guards against pid reuse
     rank: int
+    slurm: dict[str, Any] | None = None  # job, task and node, inside a Slurm job
 
     @classmethod
-    def me(cls, rank: int) -> Owner:
-        return cls(socket.gethostname(), os.getpid(), _process_start(os.getpid()), rank)
+    def me(cls, rank: int, slurm: dict[str, Any] | None = None) -> Owner:
+        return cls(socket.gethostname(), os.getpid(), _process_start(os.getpid()), rank, slurm)
 
     def as_attr(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if v is not None or k == "started"}
 
     @classmethod
     def from_attr(cls, value: Any) -> Owner | None:
+        if not isinstance(value, dict):
+            return None
         try:
-            return cls(**value)
+            return cls(**{k: v for k, v in value.items() if k in cls.__dataclass_fields__})
         except TypeError:
             return None
 
@@ -116,25 +118,12 @@ def fail_trials_of(storage: RDBStorage, study_id: int, pids: set[int] | None, re
         hit = owner.pid in pids if pids is not None else not owner.is_alive()
         if hit and fail_trial(storage, attrs.trial_id(trial), reason):
             numbers.append(trial.number)
-            _requeue_if_explicit(storage, study_id, trial)
     return numbers
-
-
-def _requeue_if_explicit(storage: RDBStorage, study_id: int, trial: Any) -> None:
-    """A grid point or enqueued trial whose process died is queued again: each must finish
-    once, and a crash is not a finish."""
-    import optuna
-
-    fixed = trial.system_attrs.get("fixed_params")
-    if fixed:
-        study = optuna.load_study(study_name=storage.get_study_name_from_id(study_id),
-                                  storage=storage)
-        study.enqueue_trial(fixed, skip_if_exists=False)
 
 
 @contextlib.contextmanager
 def heartbeat(storage: Any, running_id: int) -> Iterator[None]:
-    """While a trial runs on a database storage, record a heartbeat every HEARTBEAT_S, so that
+    """While a trial runs on a database storage, record a heartbeat every few seconds, so that
     if this process or its host dies, the trial is failed by a worker elsewhere (fail_stale)."""
     if getattr(storage, "heartbeat_interval", None) is None:
         yield
@@ -149,7 +138,7 @@ def heartbeat(storage: Any, running_id: int) -> Iterator[None]:
                 storage.record_heartbeat(running_id)
             except Exception:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
                 pass
-            if stop.wait(HEARTBEAT_S):
+            if stop.wait(heartbeat_timing()[0]):
                 return
 
     thread = threading.Thread(target=beat, name="hparam-search-heartbeat", daemon=True)
@@ -161,12 +150,13 @@ def heartbeat(storage: Any, running_id: int) -> Iterator[None]:
         thread.join()
 
 
-def fail_stale(study: Any, storage: Any) -> None:
-    """Fail the trials whose heartbeat stopped more than GRACE_S ago (database storages)."""
+def fail_stale(storage: Any, sid: int) -> list[int]:
+    """Fail the trials whose heartbeat stopped more than the grace period ago (database
+    storages: their process or host died). Returns their ids."""
     if getattr(storage, "heartbeat_interval", None) is None:
-        return
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optuna.storages.fail_stale_trials(study)
+        return []
+    failed = []
+    for stale in storage._get_stale_trial_ids(sid):
+        if fail_trial(storage, stale, "its heartbeat stopped: its process or host was lost"):
+            failed.append(stale)
+    return failed

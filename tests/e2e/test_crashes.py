@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -72,9 +73,11 @@ def test_signal_stops_every_worker_quickly_and_resume_completes(
     assert states["COMPLETE"] == 20 and "RUNNING" not in states
 
 
-def test_sigkill_of_the_whole_group_then_resume(project: UserProject) -> None:
+def test_sigkill_of_every_process_then_resume(project: UserProject) -> None:
     proc, workers = start_slow_search(project, sleep=1.0)
-    kill_group(proc, signal.SIGKILL)
+    kill_group(proc, signal.SIGKILL)  # the launcher's group, and each worker's own
+    for worker in workers:
+        os.kill(worker, signal.SIGKILL)
     proc.communicate(timeout=30)
     wait_for(lambda: not pids_alive(workers), timeout=10)
     left_running = db_states(project).get("RUNNING", 0)
@@ -102,17 +105,22 @@ def test_sigkill_of_the_launcher_alone_stops_its_workers(project: UserProject) -
 
 
 def test_a_worker_killed_mid_trial_is_replaced_and_its_slot_rerun(project: UserProject) -> None:
-    proc, workers = start_slow_search(project, sleep=0.5, n_trials=16)
-    victim = workers[0]
+    record = project.root / "seen"
+    proc, workers = start_slow_search(project, sleep=1.0, n_trials=12, record_dir=str(record))
+    # A worker that has just started a trial (it records its pid first, then sleeps 1 s).
+    started = len(list(record.glob("*.json")))
+    newest = wait_for(lambda: len(list(record.glob("*.json"))) > started and
+                      max(record.glob("*.json"), key=lambda p: p.stat().st_mtime), timeout=30)
+    victim = json.loads(newest.read_text())["pid"]
     os.kill(victim, signal.SIGKILL)
     rc, out, _ = finish(proc)
     assert rc == 0, out
     assert f"(pid {victim}) was killed by SIGKILL" in out
     assert "starting a replacement" in out
     trials = project.trials()
-    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 16
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 12
     failed = [t for t in trials if t.state.name == "FAIL"]
-    assert len(failed) == 1
+    assert len(failed) == 1, out
     assert failed[0].system_attrs["fail_reason"] == "its worker process was killed by SIGKILL"
     assert failed[0].system_attrs["hparam_search:owner"]["pid"] == victim
 

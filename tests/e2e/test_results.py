@@ -220,7 +220,10 @@ def test_trial_logs_hold_each_trials_output(made: UserProject) -> None:
             assert "training x=" in Path(t.user_attrs["log_file"]).read_text()
             continue
         log = Path(t.user_attrs["log_file"])
-        assert log == made.root / "optuna_studies" / "exp_t" / "trials" / f"{t.number}.log"
+        first = t.system_attrs.get("failed_trial", t.number)  # a retry shares the folder
+        folder = made.root / "optuna_studies" / "exp_t" / "trials" / str(first)
+        assert Path(t.user_attrs["trial_dir"]) == folder
+        assert log == folder / f"{t.number}.log"
         text = log.read_text()
         assert f"training x={t.params['x']:.4f}" in text and "a warning line" in text
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import HparamSearchError
-from .space import ParamSpec, merge_params, suggest
-from .storage.counts import ERROR_ATTR, PRUNE_REASON_ATTR
+from ..errors import HparamSearchError
+from ..space import ParamSpec, merge_params, suggest
+from .. import storage as st
+from ..storage.counts import ERROR_ATTR, PRUNE_REASON_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -22,7 +26,8 @@ METRIC_ATTR_PREFIX = "metric."
 
 class Interrupted(BaseException):
     """Raised in a worker by SIGTERM: the search is being stopped. A BaseException, so that
-    ``except Exception`` in the user's code does not swallow it."""
+    ``except Exception`` in the user's code does not swallow it; ``finally`` and ``with``
+    blocks still run (save a last checkpoint there)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,9 @@ class TrialInfo:
     storage: str
     params: dict[str, Any] = field(default_factory=dict)
     gpu: str | None = None  # the GPU this worker sees (as CUDA device 0), when `gpus` is set
+    dir: Path | None = None  # the configuration's folder, shared by all its attempts
+    attempt: int = 1  # 1 for the first run of a configuration, then 2, 3, ... for retries
+    retry_of: int | None = None  # the first attempt's trial number, for a retry
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class Objective:
 _current: TrialInfo | None = None
 _optuna_trial: Any = None  # the running optuna.Trial, for report() and should_prune()
 _last_step: int | None = None
+_stopping = False  # set by the worker when a stop was requested
+_artifacts_dir: Path | None = None  # where save_artifact stores files, set by the worker
 
 
 def report(value: float, step: int) -> None:
@@ -65,7 +75,8 @@ def report(value: float, step: int) -> None:
     trial = _optuna_trial
     if trial is None:
         return
-    trial.report(value, step)
+    if not st.replace_intermediate(trial, value, step):  # a retry may report a step again
+        trial.report(value, step)
     _last_step = step
     if trial.should_prune():
         import optuna
@@ -81,11 +92,46 @@ def should_prune() -> bool:
 
 
 def current_trial() -> TrialInfo | None:
-    """The trial ``train`` is running in: number, worker rank, n_jobs, study name, storage URL.
+    """The trial ``train`` is running in: number, worker rank, n_jobs, study name, storage
+    URL, sampled params, its folder ``dir`` (the same for every attempt of a configuration:
+    keep checkpoints there), ``attempt`` and ``retry_of``.
 
     Returns None when ``train`` was called directly (``train({...})``) rather than by a search.
     """
     return _current
+
+
+def stopping() -> bool:
+    """True once the search was asked to stop (Ctrl-C, SIGTERM, a cluster's preemption).
+    ``train`` learns of the stop as an exception raised where it runs; in a ``finally`` block
+    this says whether to write a last checkpoint. False outside a search."""
+    return _stopping
+
+
+def save_artifact(path: str | os.PathLike[str]) -> str | None:
+    """Store a file (a checkpoint, a plot) with the running trial, in Optuna's artifact store
+    (``<save_db_directory>/<study>/artifacts/``): optuna-dashboard lists and downloads it,
+    ``hparam-search best --artifacts DIR`` copies the best trial's. Returns the artifact id;
+    does nothing outside a search.
+
+    Raises:
+        FileNotFoundError: there is no such file (the trial is then pruned with the message).
+    """
+    trial = _optuna_trial
+    if trial is None or _artifacts_dir is None:
+        return None
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"save_artifact: no file {source}")
+    import warnings
+
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    _artifacts_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks artifacts experimental
+        return upload_artifact(artifact_store=FileSystemArtifactStore(str(_artifacts_dir)),
+                               file_path=str(source), study_or_trial=trial)
 
 
 @dataclass(frozen=True)
@@ -101,12 +147,17 @@ class TrialResult:
     reason: str | None = None  # why it was pruned / failed, one line
     traceback: str | None = None
     pruned_by: str | None = None  # PRUNED only: "pruner", "error" or "timeout"
+    attempt: int = 1
+    retry_of: int | None = None
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], Any],
               fixed: Mapping[str, Any], params: tuple[ParamSpec, ...], info: TrialInfo,
-              objective: Objective = Objective(), pruner_name: str = "pruner") -> TrialResult:
-    """Sample, call ``train``, tell the study. An exception in ``train`` prunes the trial.
+              objective: Objective = Objective(), pruner_name: str = "pruner",
+              retry_exceptions: tuple[str, ...] = ()) -> TrialResult:
+    """Sample, call ``train``, tell the study. An exception in ``train`` prunes the trial,
+    unless its class (or a base class) is named in ``retry_exceptions``: then the trial fails
+    and its configuration is retried like an interrupted one.
 
     Raises:
         HparamSearchError: train returned something that does not fit the objective (the
@@ -119,15 +170,14 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], 
     global _current, _optuna_trial, _last_step
     values = suggest(trial, params)
     config = merge_params(fixed, values)
-    _current = TrialInfo(trial.number, info.rank, info.n_jobs, info.study_name, info.storage,
-                         values, info.gpu)
+    _current = dataclasses.replace(info, number=trial.number, params=values)
     _optuna_trial, _last_step = trial, None
     start = time.perf_counter()
 
     def result(state: str, value: Any = None, reason: str | None = None,
                tb: str | None = None, pruned_by: str | None = None) -> TrialResult:
         return TrialResult(trial.number, state, value, values, time.perf_counter() - start,
-                           info.rank, reason, tb, pruned_by)
+                           info.rank, reason, tb, pruned_by, info.attempt, info.retry_of)
 
     try:
         returned = train(config)
@@ -143,13 +193,18 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], 
         return _prune(study, trial, result, reason, tb)
     except Exception as exc:  # the user's code failed: record it, prune, keep searching
         reason, tb = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+        if any(cls.__name__ in retry_exceptions for cls in type(exc).__mro__):
+            return _fail_for_retry(trial, result, reason, tb)
         return _prune(study, trial, result, reason, tb)
     finally:
         _current = _optuna_trial = None
+    if _stopping:  # train caught the stop and returned early: a partial result, not a value
+        raise Interrupted()
 
     try:
         numbers, extra = read_values(returned, objective)
     except HparamSearchError:
+        trial.storage.set_trial_system_attr(st.trial_id(trial), st.NO_RETRY_ATTR, True)
         study.tell(trial, state=TrialState.FAIL)
         raise
     for name, number in extra.items():
@@ -222,6 +277,19 @@ def _prune(study: optuna.Study, trial: optuna.Trial, result: Callable[..., Trial
     trial.set_user_attr(TRACEBACK_ATTR, tb)
     study.tell(trial, state=TrialState.PRUNED)
     return result("PRUNED", reason=reason, tb=tb, pruned_by="error")
+
+
+def _fail_for_retry(trial: optuna.Trial, result: Callable[..., TrialResult], reason: str,
+                    tb: str) -> TrialResult:
+    """An exception listed in retry_exceptions (a GPU another process held, say): FAIL, so
+    the configuration is run again."""
+
+    _release_gpu_memory()
+    reason = f"{reason} (in retry_exceptions: retried)"
+    trial.set_user_attr(ERROR_ATTR, reason)
+    trial.set_user_attr(TRACEBACK_ATTR, tb)
+    st.fail_trial(trial.storage, st.trial_id(trial), reason)
+    return result("FAIL", reason=reason, tb=tb)
 
 
 def _release_gpu_memory() -> None:

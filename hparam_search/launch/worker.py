@@ -22,10 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _capture, _trial, storage as st
-from .errors import HparamSearchError
-from .sampling import PrunerSpec, SamplerSpec, build_pruner, build_sampler
-from .space import ParamSpec
+from .. import storage as st
+from ..errors import HparamSearchError
+from ..sampling import PrunerSpec, SamplerSpec, build_pruner, build_sampler
+from ..space import ParamSpec
+from . import capture as _capture, signals, trial as _trial
 
 EXIT_DONE = 0
 EXIT_FATAL = 3  # a message explaining why was sent first
@@ -55,7 +56,12 @@ class WorkerSpec:
     rank: int
     generation: int
     resumed_from: int  # finished trials when this launch began: varies seeds on resume
-    logs_dir: str | None = None  # each trial's output goes to <logs_dir>/<number>.log
+    trials_root: str = ""  # each new configuration gets the folder <trials_root>/<number>/
+    trial_logs: bool = True  # a trial's output also goes to <its folder>/<number>.log
+    artifacts_dir: str | None = None  # save_artifact's store
+    retries: int = 0
+    retry_exceptions: tuple[str, ...] = ()
+    slurm: dict[str, Any] | None = None  # job, task and node, recorded as the trial's owner
     deadline: float | None = None  # wall-clock time after which no trial starts (`timeout`)
     one_trial: bool = False  # leave after one trial (`isolate_trials`): a fresh process each
     gpu: str | None = None  # CUDA_VISIBLE_DEVICES for this worker
@@ -90,9 +96,20 @@ def resolve_train(module: str, qualname: str) -> Callable[[dict], Any]:
 
 
 def main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
-    """Process entry point."""
+    """Process entry point. Never ends in a traceback: a second signal that lands while the
+    first exit path runs still leaves quietly."""
+    try:
+        _main(spec, conn)
+    except BaseException:  # noqa: BLE001 - _main's own handlers already said what happened
+        _leave(EXIT_INTERRUPTED)
+
+
+def _main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
     if spec.gpu is not None:  # before train's code can initialise CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = spec.gpu
+    signals.lead_own_group()  # whatever train starts can be ended with this process
+    signals.die_with_parent()
+    _trial._artifacts_dir = Path(spec.artifacts_dir) if spec.artifacts_dir else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher turns Ctrl-C into SIGTERM
     signal.signal(signal.SIGTERM, _raise_interrupted)
     for stream in (sys.stdout, sys.stderr):  # train's prints show up (and reach logs) at once
@@ -160,8 +177,11 @@ def _limit_torch_threads(threads: int | None) -> None:
 
 def _leave(code: int) -> None:
     """Exit at once: everything is committed, and tearing the interpreter down (modules,
-    finalizers) only delays the launcher's exit. A late SIGTERM cannot interrupt it either."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    finalizers) only delays the launcher's exit. A late SIGTERM cannot interrupt it either.
+    Processes a trial started (and left behind) are ended first."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signals.end_rest_of_group()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -190,6 +210,7 @@ class _State:
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one interruption; then let cleanup run
+    _trial._stopping = True
     raise _trial.Interrupted()
 
 
@@ -202,7 +223,7 @@ def _watch_launcher(state: _State) -> None:
     def watch() -> None:
         multiprocessing.connection.wait([parent.sentinel])
         state.fail_current("the launcher process died")
-        os._exit(EXIT_INTERRUPTED)
+        _leave(EXIT_INTERRUPTED)
 
     threading.Thread(target=watch, name="hparam-search-watchdog", daemon=True).start()
 
@@ -246,12 +267,13 @@ class _Channel:
 
 def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], Any],
           conn: multiprocessing.connection.Connection, state: _State) -> None:
-    owner = st.Owner.me(spec.rank).as_attr()
-    info = _trial.TrialInfo(-1, spec.rank, spec.n_jobs, spec.study_name, spec.url, gpu=spec.gpu)
+    owner = st.Owner.me(spec.rank, spec.slurm).as_attr()
+    base = _trial.TrialInfo(-1, spec.rank, spec.n_jobs, spec.study_name, spec.url, gpu=spec.gpu)
     study_id = st.study_id(study)
     channel = _Channel(conn)
+    retries = st.RetryPlanner(spec.retries)
     # Who runs the trial and under which run: written with the trial itself where the storage
-    # can (the SQLite fast path), else right after creating it.
+    # can (the SQLite fast path, retries), else right after creating it.
     new_attrs = {st.OWNER_ATTR: owner, st.RUN_ATTR_OF_TRIAL: spec.run_id}
     atomic_owner = hasattr(storage, "new_trial_attrs")
     if atomic_owner:
@@ -260,25 +282,35 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
         if spec.deadline is not None and time.time() >= spec.deadline:
             return
         with st.budget_lock(spec.url, spec.study_name, getattr(storage, "engine", None)):
-            st.fail_stale(study, storage)
-            if st.claimed(st.state_counts(storage, study_id)) >= spec.n_trials:
-                return  # ask() below takes a WAITING trial first, if there is one
-            trial = study.ask()
+            st.fail_stale(storage, study_id)
+            counts = st.state_counts(storage, study_id)
+            if st.claimed(counts) >= spec.n_trials:
+                return
+            # An interrupted configuration first, then a WAITING (enqueued) trial, then new.
+            trial = retries.claim(study, storage, counts.get("FAIL", 0), new_attrs)
+            retried = trial is not None
+            if trial is None:
+                trial = study.ask()
             with state.lock:
                 state.trial_id = st.trial_id(trial)
-            if not atomic_owner:
+            if not atomic_owner and not retried:
                 for key, value in new_attrs.items():
                     storage.set_trial_system_attr(st.trial_id(trial), key, value)
-        channel.send(("start", trial.number, st.trial_id(trial)))
-        log_path = Path(spec.logs_dir) / f"{trial.number}.log" if spec.logs_dir else None
+        frozen = st.frozen_of(trial) if retried else None
+        info = _trial_info(base, spec, trial, frozen)
+        channel.send(("start", trial.number, st.trial_id(trial), info.retry_of, info.attempt))
+        log_path = info.dir / f"{trial.number}.log" if spec.trial_logs else None
+        written = {st.TRIAL_DIR_ATTR: str(info.dir)}
+        if log_path is not None:
+            written[LOG_ATTR] = str(log_path)
+        st.set_user_attrs(storage, st.trial_id(trial), written)
         with contextlib.ExitStack() as during:
             during.enter_context(st.heartbeat(storage, st.trial_id(trial)))
             if log_path is not None:
-                storage.set_trial_user_attr(st.trial_id(trial), LOG_ATTR, str(log_path))
                 during.enter_context(_capture.captured(
                     log_path, f"[trial {trial.number} w{spec.rank}] ", channel.relay))
             result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info,
-                                      spec.objective, spec.pruner.type)
+                                      spec.objective, spec.pruner.type, spec.retry_exceptions)
         if result.traceback and log_path is not None:
             # In the log only: the console already has the one-line reason.
             _capture.append(log_path, result.traceback)
@@ -294,6 +326,21 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
                     f"{_first_traceback(study).rstrip()}")
         if spec.one_trial:
             raise _Recycle()
+
+
+def _trial_info(base: _trial.TrialInfo, spec: WorkerSpec, trial: Any, retried: Any
+                ) -> _trial.TrialInfo:
+    """The trial as train sees it, with its folder made: a new configuration's own, or the one
+    every attempt of a retried configuration shares."""
+    folder = None
+    if retried is not None:
+        folder = retried.user_attrs.get(st.TRIAL_DIR_ATTR)
+    path = Path(folder) if folder else Path(spec.trials_root) / str(trial.number)
+    path.mkdir(parents=True, exist_ok=True)
+    if retried is None:
+        return dataclasses.replace(base, number=trial.number, dir=path)
+    return dataclasses.replace(base, number=trial.number, dir=path,
+                               attempt=st.attempt_of(retried), retry_of=st.retry_of(retried))
 
 
 def _all_failed_so_far(study: Any, limit: int) -> bool:

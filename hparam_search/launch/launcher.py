@@ -15,19 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _trial, _worker, preflight, storage as st
-from ._trial import TrialResult
-from .config import SearchConfig, display_path
-from .settings import THREAD_VARIABLES, cpu_count, threads_for_workers
-from .console import Console, Progress
-from .errors import HparamSearchError
+from .. import preflight, storage as st
+from ..config import SearchConfig, display_path
+from ..console import Console, Progress
+from ..errors import HparamSearchError
+from ..settings import THREAD_VARIABLES, cpu_count, threads_for_workers
+from . import signals, trial as _trial, worker as _worker
+from .trial import TrialResult
 
 EXIT_OK = 0
 EXIT_SEARCH_FAILED = 1
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
-STOP_GRACE_S = 2.5
-RECHECK_S = 1.0  # how often to look again while other processes hold the last slots  # workers get SIGTERM, then SIGKILL after this; total stop stays under 3 s
+RECHECK_S = 1.0  # how often to look again while other processes hold the last slots
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,16 @@ class LaunchPlan:
     url: str  # the storage: the SQLite file in db_dir unless `storage:` says otherwise
     start_method: str
     resume_command: str
+    files_root: Path  # trial folders and artifacts go under <files_root>/<study>/
 
     @property
-    def logs_dir(self) -> Path:
-        """<save_db_directory>/<study>/trials: one <number>.log per trial."""
-        return self.db_dir / self.config.study_name / "trials"
+    def trials_root(self) -> Path:
+        """<files_root>/<study>/trials: one folder per configuration, named by its number."""
+        return self.files_root / self.config.study_name / "trials"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.files_root / self.config.study_name / "artifacts"
 
     @property
     def show_command(self) -> str:
@@ -60,10 +65,6 @@ class LaunchPlan:
     def where(self) -> str:
         """The storage as the banner shows it: a file path, or the URL without password."""
         return st.describe(self.url)
-
-
-class _Terminated(BaseException):
-    """SIGTERM reached the launcher."""
 
 
 @dataclass
@@ -125,7 +126,7 @@ class Launcher:
         started = time.monotonic()
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGTERM, signals.raise_terminated)
         code, headline = EXIT_OK, "Search finished"
         starter = _Starter(self, min(self.cfg.n_jobs, self.cfg.n_trials))
         try:
@@ -143,7 +144,7 @@ class Launcher:
             raise
         except KeyboardInterrupt:
             code, headline = EXIT_SIGINT, "Search interrupted (Ctrl-C)"
-        except _Terminated:
+        except signals.Terminated:
             code, headline = EXIT_SIGTERM, "Search terminated (SIGTERM)"
         except Exception as exc:  # noqa: BLE001 - the storage failed under the launcher
             if os.environ.get("HPARAM_SEARCH_DEBUG"):
@@ -233,7 +234,9 @@ class Launcher:
             sampler=self.cfg.sampler, pruner=self.cfg.pruner,
             objective=_trial.Objective(self.cfg.directions, self.cfg.metric, self.cfg.metrics),
             fail_fast=self.cfg.fail_fast, rank=rank, generation=generation, resumed_from=0,
-            logs_dir=str(self.plan.logs_dir) if self.cfg.trial_logs else None,
+            trials_root=str(self.plan.trials_root), trial_logs=self.cfg.trial_logs,
+            artifacts_dir=str(self.plan.artifacts_dir), retries=self.cfg.retries,
+            retry_exceptions=self.cfg.retry_exceptions,
             one_trial=self.cfg.isolate_trials, gpu=self._gpu_of(rank),
             threads=self.threads if "OMP_NUM_THREADS" in self.thread_env else None)
         process = self.ctx.Process(target=_worker.main, args=(spec, child_conn),
@@ -285,8 +288,12 @@ class Launcher:
             slot.conn.send(("go", {"resumed_from": self.done_at_start, "deadline": self.deadline,
                                    "run_id": self.run_id}) if go else ("quit",))
         elif kind == "start":
-            slot.trial, slot.trial_started = (msg[1], msg[2]), time.monotonic()
+            number, trial_id, retry_of, attempt = msg[1:]
+            slot.trial, slot.trial_started = (number, trial_id), time.monotonic()
             self.progress.running += 1
+            if retry_of is not None:
+                self.out.line(f"trial {number} RETRY of trial {retry_of} (attempt {attempt}/"
+                              f"{self.cfg.retries + 1}, worker {slot.rank})")
             self.out.progress(self.progress)
         elif kind == "out":
             self.out.raw(msg[1])
@@ -340,6 +347,7 @@ class Launcher:
                 slot.timed_out = True
                 slot.process.kill()
                 slot.process.join()
+                signals.end_group(slot.process.pid)  # what the trial started goes with it
                 number, trial_id = slot.trial
                 reason = f"timeout: still running after {limit:g}s"
                 try:
@@ -358,6 +366,7 @@ class Launcher:
     def _on_exit(self, slot: _Slot) -> None:
         slot.process.join()
         slot.exited = True
+        signals.end_group(slot.process.pid)  # processes its trials left behind
         code = slot.process.exitcode
         if slot.timed_out or code == _worker.EXIT_RECYCLE:
             if self.accepting and not self.timed_out_search:
@@ -376,11 +385,12 @@ class Launcher:
             self.accepting = False
             self._terminate_live()
             return
-        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+        how = (f"was killed by {signals.signal_name(-code)}" if code < 0
+               else f"exited with code {code}")
         numbers = st.fail_trials_of(self.storage, st.study_id(self.study), {slot.process.pid},
                                     f"its worker process {how}")
-        lost = f"; trial {', '.join(map(str, numbers))} marked FAIL and will be re-run" \
-            if numbers else ""
+        again = " and will be retried" if self.cfg.retries else ""
+        lost = f"; trial {', '.join(map(str, numbers))} marked FAIL{again}" if numbers else ""
         self.out.line(f"worker {slot.rank} (pid {slot.process.pid}) {how}{lost}")
         self.progress.running = max(0, self.progress.running - len(numbers))
         self.progress.failed += len(numbers)
@@ -395,13 +405,13 @@ class Launcher:
         self._start(slot.rank, slot.generation + 1)
 
     def _restart_if_short(self) -> bool:
-        self._enforce_timeouts()
-        if self.timed_out_search:
-            return False
         """All workers left but the budget is not met: a trial failed after the others had found
         no free slot, or trials are still running elsewhere (another launcher, a process that
         died). Start another round when a slot is free, wait while others hold the slots.
         False when the search is complete."""
+        self._enforce_timeouts()
+        if self.timed_out_search:
+            return False
         while self.accepting:
             st.fail_trials_of(self.storage, st.study_id(self.study), None,
                               "its process died while the search ran")
@@ -425,18 +435,21 @@ class Launcher:
                 slot.process.terminate()
 
     def _stop_all(self) -> None:
+        """SIGTERM to every worker (train gets the stop as an exception: its ``finally`` blocks
+        run), stop_grace seconds to leave, then SIGKILL to each worker's whole group."""
         self.accepting = False
         self._terminate_live()
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + self.cfg.stop_grace
         try:
             for slot in self.slots:
                 slot.process.join(max(0.0, deadline - time.monotonic()))
-        except (KeyboardInterrupt, _Terminated):
+        except (KeyboardInterrupt, signals.Terminated):
             pass  # a second Ctrl-C: stop waiting
         for slot in self.slots:
             if slot.process.is_alive():
                 slot.process.kill()
             slot.process.join()
+            signals.end_group(slot.process.pid)
             slot.exited = True
             slot.conn.close()
         if self.storage is not None and self.study is not None:
@@ -491,6 +504,8 @@ def run_metadata(plan: LaunchPlan) -> dict[str, Any]:
         "versions": versions,
         "start_method": plan.start_method,
         "n_jobs": plan.config.n_jobs,
+        "trials": str(plan.trials_root),
+        "artifacts": str(plan.artifacts_dir),
     }
 
 
@@ -557,15 +572,3 @@ def _environment(values: dict[str, str | None]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated()
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-

@@ -1,0 +1,99 @@
+"""Signals and process groups: a worker and every process its trials start form one group,
+ended as a group, so a stopped trial leaves nothing running (PyTorch DataLoader workers, a
+data-prep subprocess). A process that detaches into a session of its own is out of reach."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the launcher."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def lead_own_group() -> None:
+    """Make this process (a worker) the leader of a new process group: its trials' children
+    join it, and the launcher ends the group with one signal."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # already a group (or session) leader
+        pass
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``signum`` when the parent process dies (Linux); elsewhere the
+    worker's watchdog thread notices alone."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def end_group(leader: int, signum: int = signal.SIGKILL) -> None:
+    """Signal every process left in the group that ``leader`` led (it may be gone already)."""
+    try:
+        os.killpg(leader, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def end_rest_of_group() -> None:
+    """From a worker that is leaving: SIGTERM the processes its trials started; the launcher
+    SIGKILLs whatever outlives it. Safe from any thread."""
+    me = os.getpid()
+    if os.getpgrp() != me:
+        return  # not a group of our own: the others in it are not ours to end
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            os.killpg(me, signal.SIGTERM)
+        except OSError:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return
+    # Another thread (the watchdog) cannot change signal handling: signal the others one by one.
+    for pid in group_members(me):
+        if pid != me:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes in group ``pgid`` (Linux /proc; empty elsewhere)."""
+    out = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if int(fields[2]) == pgid:
+                    out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out

@@ -155,16 +155,14 @@ def _main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None
 
 
 # What the trial loop imports: a forkserver imports these once for every worker.
-PRELOAD = ("optuna.samplers", "sqlalchemy.orm", "hparam_search.storage.sqlite")
+PRELOAD = ("optuna.samplers", "sqlalchemy.orm", "hparam_search.storage.sqlite",
+           "hparam_search.storage.postgres")
 
 
 def _preload() -> None:
     """Import what the trial loop needs while the launcher is still creating the study."""
     for name in PRELOAD:
         importlib.import_module(name)
-    import sqlalchemy.orm
-
-    sqlalchemy.orm.configure_mappers()  # otherwise done by the first query, after "go"
 
 
 def _limit_torch_threads(threads: int | None) -> None:
@@ -269,41 +267,25 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
           conn: multiprocessing.connection.Connection, state: _State) -> None:
     owner = st.Owner.me(spec.rank, spec.slurm).as_attr()
     base = _trial.TrialInfo(-1, spec.rank, spec.n_jobs, spec.study_name, spec.url, gpu=spec.gpu)
-    study_id = st.study_id(study)
     channel = _Channel(conn)
-    retries = st.RetryPlanner(spec.retries)
-    # Who runs the trial and under which run: written with the trial itself where the storage
-    # can (the SQLite fast path, retries), else right after creating it.
+    # Who runs the trial and under which run: written with the trial itself.
     new_attrs = {st.OWNER_ATTR: owner, st.RUN_ATTR_OF_TRIAL: spec.run_id}
-    atomic_owner = hasattr(storage, "new_trial_attrs")
-    if atomic_owner:
-        storage.new_trial_attrs = new_attrs
+    claim = _claimer(spec, study, storage, new_attrs)
     while True:
         if spec.deadline is not None and time.time() >= spec.deadline:
             return
-        with st.budget_lock(spec.url, spec.study_name, getattr(storage, "engine", None)):
-            st.fail_stale(storage, study_id)
-            counts = st.state_counts(storage, study_id)
-            if st.claimed(counts) >= spec.n_trials:
-                return
-            # An interrupted configuration first, then a WAITING (enqueued) trial, then new.
-            trial = retries.claim(study, storage, counts.get("FAIL", 0), new_attrs)
-            retried = trial is not None
-            if trial is None:
-                trial = study.ask()
-            with state.lock:
-                state.trial_id = st.trial_id(trial)
-            if not atomic_owner and not retried:
-                for key, value in new_attrs.items():
-                    storage.set_trial_system_attr(st.trial_id(trial), key, value)
+        taken = claim()
+        if taken is None:
+            return
+        trial, retried = taken
+        with state.lock:
+            state.trial_id = st.trial_id(trial)
         frozen = st.frozen_of(trial) if retried else None
         info = _trial_info(base, spec, trial, frozen)
         channel.send(("start", trial.number, st.trial_id(trial), info.retry_of, info.attempt))
         log_path = info.dir / f"{trial.number}.log" if spec.trial_logs else None
-        written = {st.TRIAL_DIR_ATTR: str(info.dir)}
-        if log_path is not None:
-            written[LOG_ATTR] = str(log_path)
-        st.set_user_attrs(storage, st.trial_id(trial), written)
+        if st.frozen_of(trial).user_attrs.get(st.TRIAL_DIR_ATTR) is None:  # not written yet
+            st.set_user_attrs(storage, st.trial_id(trial), _files_of(spec, trial.number, frozen))
         with contextlib.ExitStack() as during:
             during.enter_context(st.heartbeat(storage, st.trial_id(trial)))
             if log_path is not None:
@@ -328,14 +310,71 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
             raise _Recycle()
 
 
+STALE_REASON = "its heartbeat stopped: its process or host was lost"
+
+
+def _claimer(spec: WorkerSpec, study: Any, storage: Any, attrs: dict[str, Any]
+             ) -> Callable[[], tuple[Any, bool] | None]:
+    """How this worker takes its next trial: (the optuna.Trial, whether it is a retry), or None
+    when the budget is spent. An interrupted configuration comes first, then a WAITING
+    (enqueued) trial, then a new one."""
+    if hasattr(storage, "claim"):  # the fast path: one transaction
+        interval = storage.heartbeat_interval
+        next_stale_check = [0.0]
+
+        def fast() -> tuple[Any, bool] | None:
+            due = interval is not None and time.monotonic() >= next_stale_check[0]
+            if due:
+                next_stale_check[0] = time.monotonic() + interval
+            claimed = storage.claim(study, spec.n_trials, attrs, retries=spec.retries,
+                                    check_stale=due, stale_reason=STALE_REASON,
+                                    user_attrs=lambda n, r: _files_of(spec, n, r))
+            if claimed is None:
+                return None
+            return st.optuna_trial(study, claimed.trial_id), claimed.retried is not None
+
+        return fast
+
+    # Optuna's own storages (journal files, MySQL): a lock around count, retry and ask.
+    planner = st.RetryPlanner(spec.retries)
+    study_id = st.study_id(study)
+
+    def locked() -> tuple[Any, bool] | None:
+        with st.budget_lock(spec.url, spec.study_name, storage):
+            st.fail_stale(storage, study_id)
+            counts = st.state_counts(storage, study_id)
+            if st.claimed(counts) >= spec.n_trials:
+                return None
+            trial = planner.claim(study, storage, counts.get("FAIL", 0), attrs)
+            if trial is not None:
+                return trial, True
+            trial = study.ask()
+            for key, value in attrs.items():
+                storage.set_trial_system_attr(st.trial_id(trial), key, value)
+            return trial, False
+
+    return locked
+
+
+def _folder_of(spec: WorkerSpec, number: int, retried: Any) -> Path:
+    """A new configuration's own folder, or the one every attempt of a retried one shares."""
+    folder = retried.user_attrs.get(st.TRIAL_DIR_ATTR) if retried is not None else None
+    return Path(folder) if folder else Path(spec.trials_root) / str(number)
+
+
+def _files_of(spec: WorkerSpec, number: int, retried: Any) -> dict[str, str]:
+    """The user attributes naming a trial's folder and log file."""
+    folder = _folder_of(spec, number, retried)
+    files = {st.TRIAL_DIR_ATTR: str(folder)}
+    if spec.trial_logs:
+        files[LOG_ATTR] = str(folder / f"{number}.log")
+    return files
+
+
 def _trial_info(base: _trial.TrialInfo, spec: WorkerSpec, trial: Any, retried: Any
                 ) -> _trial.TrialInfo:
-    """The trial as train sees it, with its folder made: a new configuration's own, or the one
-    every attempt of a retried configuration shares."""
-    folder = None
-    if retried is not None:
-        folder = retried.user_attrs.get(st.TRIAL_DIR_ATTR)
-    path = Path(folder) if folder else Path(spec.trials_root) / str(trial.number)
+    """The trial as train sees it, with its folder made."""
+    path = _folder_of(spec, trial.number, retried)
     path.mkdir(parents=True, exist_ok=True)
     if retried is None:
         return dataclasses.replace(base, number=trial.number, dir=path)

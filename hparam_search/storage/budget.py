@@ -14,11 +14,13 @@ from .urls import journal_path, sqlite_path
 
 
 @contextlib.contextmanager
-def budget_lock(url: str, study_name: str, engine: Any = None) -> Iterator[None]:
-    """Serialise "count the trials, then create one" across every process that shares the study.
+def budget_lock(url: str, study_name: str, via: Any = None) -> Iterator[None]:
+    """Serialise work on a study that spans several transactions (enqueueing, recording a run,
+    "count the trials, then create one" where the storage cannot claim in one transaction)
+    across every process that shares the study.
 
     SQLite and journal files: a lock file beside the storage (flock; the kernel releases it
-    when a holder dies). Otherwise ``engine`` (the database's SQLAlchemy engine) is needed.
+    when a holder dies). Otherwise ``via`` is the storage (or a SQLAlchemy engine).
     PostgreSQL: a session advisory lock, which covers every host using the database and is
     released when the holder's connection drops. MySQL: GET_LOCK, likewise.
     """
@@ -35,8 +37,13 @@ def budget_lock(url: str, study_name: str, engine: Any = None) -> Iterator[None]
         finally:
             os.close(fd)  # closing drops the lock
         return
+    if hasattr(via, "session_lock"):  # the fast PostgreSQL storage: on its own connection
+        with via.session_lock(study_name):
+            yield
+        return
     import sqlalchemy
 
+    engine = getattr(via, "engine", via)
     key = int.from_bytes(hashlib.sha256(f"hparam_search:{study_name}".encode()).digest()[:8],
                          "big", signed=True)
     dialect = engine.dialect.name

@@ -35,8 +35,9 @@ def heartbeat_timing() -> tuple[float, float]:
 
 
 def open_storage(url: str, *, create: bool) -> Any:
-    """Open the storage at ``url``. ``create`` makes tables and checks the schema version
-    (the parent does that once); workers skip both to start fast."""
+    """Open the storage at ``url``: the fast path for SQLite and PostgreSQL, Optuna's own
+    storages otherwise. ``create`` makes tables and checks the schema version (the launcher
+    does that once); workers skip both to start fast."""
     import optuna
     import sqlalchemy
 
@@ -47,42 +48,62 @@ def open_storage(url: str, *, create: bool) -> Any:
         journal.parent.mkdir(parents=True, exist_ok=True)
         backend = JournalFileBackend(str(journal), lock_obj=JournalFileOpenLock(str(journal)))
         return optuna.storages.JournalStorage(backend)
-    engine_kwargs: dict[str, Any] = {}
     db_path = sqlite_path(url)
-    extra: dict[str, Any] = {}
-    if db_path is not None:
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-        if create:
-            _make_folder(db_path)
-    else:
-        interval, grace = heartbeat_timing()
-        # Optuna stores whole seconds; the beats themselves follow `interval` (heartbeat()).
-        extra = {"heartbeat_interval": max(1, int(interval)), "grace_period": max(1, int(grace))}
-    from .sqlite import FastSQLiteStorage
-
-    storage_class = FastSQLiteStorage if db_path is not None else optuna.storages.RDBStorage
+    interval, grace = heartbeat_timing()
+    # Optuna stores whole seconds; the beats themselves follow `interval` (heartbeat()).
+    beats = {"heartbeat_interval": max(1, int(interval)), "grace_period": max(1, int(grace))}
+    if create and db_path is not None:
+        _make_folder(db_path)  # the schema lock's file lies beside the database
     try:
         with warnings.catch_warnings(), _schema_lock(url if create else None):
-            if create and db_path is not None:
-                _set_wal(db_path)  # under the lock: launchers starting together would collide
             warnings.simplefilter("ignore")  # heartbeat options are marked experimental
-            storage = storage_class(url, engine_kwargs=engine_kwargs,
-                                    skip_table_creation=not create,
-                                    skip_compatibility_check=not create, **extra)
+            if db_path is not None:
+                from .sqlite import FastSQLiteStorage
+
+                if create:
+                    _set_wal(db_path)  # under the lock: launchers starting together collide
+                storage = FastSQLiteStorage(url, engine_kwargs={
+                    "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}})
+                sqlalchemy.event.listen(storage.engine, "connect", _tune_sqlite_connection)
+            elif url.startswith("postgresql+psycopg://"):
+                from .postgres import FastPostgresStorage
+
+                storage = FastPostgresStorage(url, **beats)
+            else:  # other databases, other drivers: Optuna's own storage
+                storage = optuna.storages.RDBStorage(url, skip_table_creation=not create,
+                                                     skip_compatibility_check=not create,
+                                                     **beats)
+            if create and hasattr(storage, "prepare_schema"):
+                storage.prepare_schema()
     except ImportError as exc:
         raise HparamSearchError(f"no database driver for this storage URL ({exc})",
                                 source=mask_secrets(url), key="storage",
                                 fix="Install the driver, e.g. pip install 'hparam-search[postgres]'."
                                 ) from exc
     except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, RuntimeError) as exc:
-        cause = getattr(exc, "orig", None) or exc  # the driver's message, not the SQL
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(exc).__name__
-        raise HparamSearchError(f"cannot open the study storage: {mask_secrets(first)}",
+        raise HparamSearchError(f"cannot open the study storage: {driver_message(exc)}",
                                 source=mask_secrets(url),
-                                fix="Check that it is reachable, writable and not full.") from exc
-    if db_path is not None:
-        sqlalchemy.event.listen(storage.engine, "connect", _tune_sqlite_connection)
+                                fix=refused_fix(exc) or
+                                "Check that it is reachable, writable and not full.") from exc
     return storage
+
+
+def driver_message(exc: BaseException) -> str:
+    """The driver's (or server's) own words for an error, first line, password masked."""
+    cause = getattr(exc, "orig", None) or exc.__cause__ or exc
+    text = str(cause).strip()
+    return mask_secrets(text.splitlines()[0] if text else type(exc).__name__)
+
+
+def refused_fix(exc: BaseException) -> str | None:
+    """The advice for a database server that refuses connections because it has no slot."""
+    text = str(getattr(exc, "orig", None) or exc.__cause__ or exc).lower()
+    if "too many clients" not in text and "connection slots are reserved" not in text:
+        return None
+    return ("The server refused a connection: it has no free connection slot (PostgreSQL's "
+            "max_connections, 100 by default). Each worker and each launcher holds one "
+            "connection. Run fewer workers, raise max_connections on the server, or put a "
+            "pooler such as PgBouncer in front of it.")
 
 
 def close_storage(storage: Any) -> None:
@@ -161,6 +182,9 @@ def failure_message(exc: BaseException, who: str) -> str:
     detail = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
     what = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
     if is_storage_error(exc):
+        refused = refused_fix(exc)
+        if refused:
+            return f"the study storage failed in {who}: {driver_message(exc)}. {refused}"
         return mask_secrets(
             f"the study storage failed in {who}: {what}. Check that the database is reachable "
             "and its disk is writable and not full; the study resumes where it stopped.")

@@ -84,6 +84,9 @@ def fail_trial(storage: RDBStorage, trial_id: int, reason: str) -> bool:
     """Mark a RUNNING trial FAIL with ``reason``; False when it had already finished."""
     from optuna.trial import TrialState
 
+    backend = getattr(storage, "_backend", storage)  # under Optuna's cache
+    if hasattr(backend, "fail_running"):  # the fast path: reason and state in one transaction
+        return backend.fail_running(trial_id, FAIL_REASON_ATTR, reason)
     try:
         storage.set_trial_system_attr(trial_id, FAIL_REASON_ATTR, reason)
         return storage.set_trial_state_values(trial_id, TrialState.FAIL)

@@ -11,7 +11,6 @@ budget lock, exactly once per interruption, by whichever process claims next.
 from __future__ import annotations
 
 import datetime
-import json
 from typing import Any
 
 from .attrs import study_id
@@ -33,9 +32,10 @@ def retry_of(trial: Any) -> int | None:
 
 
 class RetryPlanner:
-    """Finds the next interrupted trial to retry, for one process. Cheap when nothing failed:
-    the full look is taken only when the study's FAIL count differs from the last time every
-    FAIL trial was found settled (retried, given up, or not retryable)."""
+    """Finds the next interrupted trial to retry, for one process, on storages without the
+    fast path's claim. Cheap when nothing failed: the full look is taken only when the study's
+    FAIL count differs from the last time every FAIL trial was found settled (retried, given
+    up, or not retryable)."""
 
     def __init__(self, retries: int) -> None:
         self.retries = retries
@@ -46,45 +46,37 @@ class RetryPlanner:
         None. Call inside the budget lock."""
         if self.retries <= 0 or n_fail == 0 or n_fail == self._settled_at:
             return None
-        failed = next_to_retry(storage, study_id(study), self.retries)
+        sid = study_id(study)
+        failed = next_to_retry(storage, sid, self.retries)
         if failed is None:
             self._settled_at = n_fail
             return None
-        return create_retry(study, failed, attrs)
+        new_id = study._storage.create_new_trial(sid, template_trial=retry_template(failed,
+                                                                                    attrs))
+        return optuna_trial(study, new_id)
+
+
+def retryable(fails: list[Any], retries: int) -> list[Any]:
+    """The FAIL trials that may be retried (oldest first): interrupted, with attempts left."""
+    return sorted((t for t in fails if not t.system_attrs.get(NO_RETRY_ATTR)
+                   and attempt_of(t) <= retries), key=lambda t: t.number)
 
 
 def next_to_retry(storage: Any, sid: int, retries: int) -> Any:
     """The oldest FAIL trial that was interrupted, has attempts left and no retry yet."""
     from optuna.trial import TrialState
 
-    fails = storage.get_all_trials(sid, deepcopy=False, states=(TrialState.FAIL,))
-    candidates = [t for t in fails if not t.system_attrs.get(NO_RETRY_ATTR)
-                  and attempt_of(t) <= retries]
+    candidates = retryable(storage.get_all_trials(sid, deepcopy=False,
+                                                  states=(TrialState.FAIL,)), retries)
     if not candidates:
         return None
-    done = retried_numbers(storage, sid)
-    return next((t for t in sorted(candidates, key=lambda t: t.number)
-                 if t.number not in done), None)
+    done = {t.system_attrs[RETRY_HISTORY_ATTR][-1]
+            for t in storage.get_all_trials(sid, deepcopy=False)
+            if t.system_attrs.get(RETRY_HISTORY_ATTR)}
+    return next((t for t in candidates if t.number not in done), None)
 
 
-def retried_numbers(storage: Any, sid: int) -> set[int]:
-    """The numbers of the attempts that already have a retry."""
-    engine = getattr(storage, "engine", None)
-    if engine is None:
-        return {t.system_attrs[RETRY_HISTORY_ATTR][-1]
-                for t in storage.get_all_trials(sid, deepcopy=False)
-                if t.system_attrs.get(RETRY_HISTORY_ATTR)}
-    import sqlalchemy
-
-    query = sqlalchemy.text(
-        "SELECT a.value_json FROM trial_system_attributes a JOIN trials t ON "
-        "a.trial_id = t.trial_id WHERE t.study_id = :sid AND a.key = :key")
-    with engine.connect() as conn:
-        rows = conn.execute(query, {"sid": sid, "key": RETRY_HISTORY_ATTR}).all()
-    return {json.loads(text)[-1] for (text,) in rows if json.loads(text)}
-
-
-def create_retry(study: Any, failed: Any, attrs: dict[str, Any]) -> Any:
+def retry_template(failed: Any, attrs: dict[str, Any]) -> Any:
     """A RUNNING trial with ``failed``'s parameters, distributions, folder and reported
     values; ``attrs`` are system attributes to write with it (its owner and run)."""
     from optuna.trial import FrozenTrial, TrialState
@@ -95,14 +87,12 @@ def create_retry(study: Any, failed: Any, attrs: dict[str, Any]) -> Any:
     if "fixed_params" in failed.system_attrs:  # a grid point or enqueued trial stays one
         system_attrs["fixed_params"] = failed.system_attrs["fixed_params"]
     user_attrs = {k: v for k, v in failed.user_attrs.items() if k == TRIAL_DIR_ATTR}
-    template = FrozenTrial(
+    return FrozenTrial(
         number=-1, trial_id=-1, state=TrialState.RUNNING, value=None, values=None,
         datetime_start=datetime.datetime.now(), datetime_complete=None,
         params=dict(failed.params), distributions=dict(failed.distributions),
         user_attrs=user_attrs, system_attrs=system_attrs,
         intermediate_values=dict(failed.intermediate_values))
-    new_id = study._storage.create_new_trial(study_id(study), template_trial=template)
-    return optuna_trial(study, new_id)
 
 
 def optuna_trial(study: Any, new_id: int) -> Any:

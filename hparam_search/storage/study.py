@@ -39,7 +39,7 @@ def enqueue_once(study: optuna.Study, entries: tuple[dict[str, Any], ...], url: 
     if not entries:
         return 0
     storage, sid = study._storage, study_id(study)
-    with budget_lock(url, study.study_name, _engine(storage)):
+    with budget_lock(url, study.study_name, _backend(storage)):
         done = list(storage.get_study_system_attrs(sid).get(ENQUEUED_ATTR, []))
         seen = set(done)
         new = [e for e in entries if _canonical(e) not in seen]
@@ -55,7 +55,7 @@ def record_run(study: optuna.Study, metadata: dict[str, Any], url: str) -> int:
     attribute (optuna-dashboard shows it). Returns the run's id, which each of its trials
     records (``RUN_ATTR_OF_TRIAL``) so that its own config can be found again."""
     storage, sid = study._storage, study_id(study)
-    with budget_lock(url, study.study_name, _engine(storage)):  # launchers starting together
+    with budget_lock(url, study.study_name, _backend(storage)):  # launchers starting together
         runs = storage.get_study_system_attrs(sid).get(RUNS_ATTR, [])
         metadata = {**metadata, "id": len(runs)}
         storage.set_study_system_attr(sid, RUNS_ATTR, [*runs, metadata])
@@ -81,8 +81,13 @@ def run_of_trial(trial: Any, runs: list[dict[str, Any]]) -> dict[str, Any] | Non
     return runs[-1] if runs else None
 
 
+def _backend(storage: Any) -> Any:
+    """The storage under Optuna's cache."""
+    return getattr(storage, "_backend", storage)
+
+
 def _engine(storage: Any) -> Any:
-    return getattr(getattr(storage, "_backend", storage), "engine", None)
+    return getattr(_backend(storage), "engine", None)
 
 
 def _canonical(entry: dict[str, Any]) -> str:

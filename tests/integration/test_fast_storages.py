@@ -1,0 +1,184 @@
+"""The fast paths (SQLite and PostgreSQL) read and write exactly what Optuna's own RDBStorage
+does, in any time zone; the claim takes trials in the promised order within the budget."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+
+from hparam_search import storage as st
+from hparam_search.storage.fast import FastStorage
+
+KINDS = ["sqlite", "postgresql"]
+# Database storages send heartbeats; this test drives trials by hand, as the workers do.
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed:UserWarning")
+
+
+@pytest.fixture(params=KINDS)
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind, as the launcher would address it."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 's.db'}"
+        return
+    server = sqlalchemy.make_url(st.resolve_storage(request.getfixturevalue("postgres_url"),
+                                                    tmp_path))
+    name = f"hs_fast_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT",
+                                     poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["UTC", "Asia/Kolkata"])
+def time_zone(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Stored times are naive UTC, read back as local time: check it off UTC as well."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    try:
+        yield request.param
+    finally:
+        if before is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def _populate(url: str, writer: optuna.storages.BaseStorage) -> optuna.Study:
+    study = optuna.create_study(study_name="s", storage=writer, directions=["minimize", "maximize"])
+    study.enqueue_trial({"x": 0.25, "c": "b"})
+    for i in range(12):
+        trial = study.ask()
+        x = trial.suggest_float("x", -1, 1)
+        trial.suggest_int("n", 1, 64, log=True)
+        trial.suggest_categorical("c", ["a", "b", None])
+        trial.set_user_attr("note", {"i": i, "tags": ["p", "q"]})
+        trial.storage.set_trial_system_attr(trial._trial_id, "owner", {"pid": i})
+        if i % 4 == 0:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif i % 4 == 1:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        elif i % 4 == 2:
+            study.tell(trial, [x, math.inf])
+        # i % 4 == 3 stays RUNNING
+    return study
+
+
+@pytest.mark.parametrize("writer_kind", ["fast", "optuna"])
+def test_reads_match_optuna_whoever_wrote(fresh_url: str, writer_kind: str,
+                                          time_zone: str) -> None:
+    url = fresh_url
+    fast = st.open_storage(url, create=True)
+    assert isinstance(fast, FastStorage)
+    plain = optuna.storages.RDBStorage(url)
+    _populate(url, fast if writer_kind == "fast" else plain)
+    study_id = plain.get_study_id_from_name("s")
+    expected = plain.get_all_trials(study_id)
+    got = fast.get_all_trials(study_id)
+    assert got == expected  # FrozenTrial equality covers every field
+    assert [t.datetime_start for t in got] == [t.datetime_start for t in expected]
+    for states in [(optuna.trial.TrialState.RUNNING,), (optuna.trial.TrialState.COMPLETE,
+                                                        optuna.trial.TrialState.PRUNED)]:
+        assert fast.get_all_trials(study_id, states=states) == \
+            plain.get_all_trials(study_id, states=states)
+    for t in expected:
+        assert fast.get_trial(t._trial_id) == plain.get_trial(t._trial_id)
+    # The incremental read Optuna's cache makes: new trials plus listed unfinished ones.
+    ids = [t._trial_id for t in expected]
+    assert fast._get_trials(study_id, None, {ids[3]}, ids[5]) == \
+        plain._get_trials(study_id, None, {ids[3]}, ids[5])
+    assert fast.get_best_trial(study_id) == plain.get_best_trial(study_id) if \
+        len(plain.get_study_directions(study_id)) == 1 else True
+    st.close_storage(fast)
+    plain.engine.dispose()
+
+
+def test_finished_trials_cannot_change_and_distributions_stay_compatible(fresh_url: str) -> None:
+    fast = st.open_storage(fresh_url, create=True)
+    study = optuna.create_study(study_name="s", storage=fast)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        fast.set_trial_user_attr(trial._trial_id, "k", 1)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        fast.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.COMPLETE, [2.0])
+    other = study.ask()
+    with pytest.raises(ValueError):
+        other.suggest_categorical("x", ["a", "b"])  # x is a float in this study
+    st.close_storage(fast)
+
+
+def test_a_waiting_trial_is_taken_once(fresh_url: str) -> None:
+    url = fresh_url
+    fast = st.open_storage(url, create=True)
+    study = optuna.create_study(study_name="s", storage=fast)
+    study.enqueue_trial({"x": 0.5})
+    waiting = fast.get_all_trials(study._study_id, states=(optuna.trial.TrialState.WAITING,))[0]
+    second = st.open_storage(url, create=False)
+    assert fast.set_trial_state_values(waiting._trial_id, optuna.trial.TrialState.RUNNING)
+    assert not second.set_trial_state_values(waiting._trial_id, optuna.trial.TrialState.RUNNING)
+    st.close_storage(fast)
+    st.close_storage(second)
+
+
+def test_claim_takes_a_retry_then_a_waiting_trial_then_a_new_one(fresh_url: str) -> None:
+    fast = st.open_storage(fresh_url, create=True)
+    study = optuna.create_study(study_name="s", storage=fast)
+    interrupted = study.ask()
+    interrupted.suggest_float("x", 0, 1)
+    interrupted.report(0.5, 0)
+    assert st.fail_trial(fast, interrupted._trial_id, "its worker process was killed")
+    study.enqueue_trial({"x": 0.25})
+    owner = {st.OWNER_ATTR: {"host": "h", "pid": 1, "started": None, "rank": 0}}
+    files = lambda number, retried: {"trial_dir": f"/runs/{number}"}  # noqa: E731
+
+    retry = fast.claim(study, 10, owner, retries=2, user_attrs=files)
+    again = fast.get_trial(retry.trial_id)
+    assert retry.retried.number == interrupted.number
+    assert again.params == {"x": interrupted.params["x"]}
+    assert again.system_attrs["failed_trial"] == 0 and again.system_attrs["retry_history"] == [0]
+    assert again.intermediate_values == {0: 0.5}
+    assert again.system_attrs[st.OWNER_ATTR] == owner[st.OWNER_ATTR]
+    waiting = fast.get_trial(fast.claim(study, 10, owner, retries=2, user_attrs=files).trial_id)
+    assert waiting.system_attrs["fixed_params"] == {"x": 0.25}
+    assert waiting.state == optuna.trial.TrialState.RUNNING
+    assert waiting.user_attrs["trial_dir"] == f"/runs/{waiting.number}"
+    new = fast.get_trial(fast.claim(study, 10, owner, retries=2, user_attrs=files).trial_id)
+    assert new.number == 3 and new.params == {}
+    assert fast.claim(study, 3, owner, retries=2) is None  # 3 running: the budget is spent
+    # Optuna reads the same study back, and its cache knows every claimed trial.
+    plain = optuna.storages.RDBStorage(fresh_url)
+    assert plain.get_all_trials(study._study_id) == fast.get_all_trials(study._study_id)
+    assert [t.number for t in study.get_trials()] == [0, 1, 2, 3]
+    plain.engine.dispose()
+    st.close_storage(fast)
+
+
+def test_a_new_database_is_at_optunas_newest_schema_and_an_old_one_is_refused(
+        fresh_url: str) -> None:
+    fast = st.open_storage(fresh_url, create=True)
+    st.close_storage(fast)
+    plain = optuna.storages.RDBStorage(fresh_url)  # checks the schema itself
+    assert plain.get_current_version() == plain.get_head_version()
+    with plain.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
+    plain.engine.dispose()
+    with pytest.raises(Exception) as caught:
+        st.open_storage(fresh_url, create=True)
+    assert "optuna storage upgrade" in str(caught.value)

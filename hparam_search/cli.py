@@ -84,6 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and print the study's address.")
     p.add_argument("study", help=STUDY_HELP)
     p.add_argument("--port", type=int, default=8080)
+
+    p = sub.add_parser("slurm", help="run a study as a Slurm job array",
+                       description="Submit a search as a Slurm job array (the script's slurm: "
+                                   "settings), see its tasks and trials, or cancel it.")
+    jobs = p.add_subparsers(dest="slurm_command", metavar="ACTION", required=True)
+    q = jobs.add_parser("submit", help="write the sbatch script and submit it",
+                        description="Write <save_db_directory>/<study>/slurm/<time>.sbatch, a "
+                                    "job array whose tasks each run the script's launcher, and "
+                                    "submit it with sbatch.")
+    q.add_argument("script", help="the training script (decorated with @hparam_search)")
+    q.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                   metavar="KEY=VALUE", help="config overrides, as for the script itself")
+    q.add_argument("--config", metavar="PATH", help="another YAML file, as for the script")
+    q.add_argument("--dry-run", action="store_true", help="print the script; submit nothing")
+    for action, text in (("status", "the array's tasks as Slurm sees them, and the trials"),
+                         ("cancel", "cancel the array: running tasks first get SIGTERM, so "
+                                    "their trials are retried later")):
+        q = jobs.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        q.add_argument("study", help=STUDY_HELP + ", or the training script")
     return parser
 
 
@@ -99,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("HPARAM_SEARCH_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)
     except BrokenPipeError:
         quiet_stdout()
         return 0
@@ -409,8 +428,14 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slurm(args: argparse.Namespace) -> int:
+    from .cluster import commands
+
+    return commands.main(args)
+
+
 COMMANDS = {"ls": _ls, "show": _show, "trial": _trial, "best": _best, "export": _export,
-            "plot": _plot, "dashboard": _dashboard}
+            "plot": _plot, "dashboard": _dashboard, "slurm": _slurm}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,6 +12,7 @@ import yaml
 from ._yaml import DuplicateKey, load_with_lines
 from .errors import COMMAND_LINE, HparamSearchError
 from .overrides import Override, apply_overrides, parse_override
+from .cluster.slurm import SlurmSpec, parse_slurm
 from .sampling import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler
 from .settings import SETTINGS, SWEEP_KEY, validate_settings
 from .space import ParamSpec, check_explicit, grid_points, looks_like_spec, parse_sweep
@@ -55,6 +56,7 @@ class SearchConfig:
     metrics: tuple[str, ...] = ()  # names of the objectives, in order (several objectives)
     explicit: tuple[dict[str, Any], ...] = ()  # trials run first, once each: grid or enqueue
     warnings: tuple[str, ...] = ()  # said once at start
+    slurm: SlurmSpec | None = None
     resolved: dict[str, Any] = field(default_factory=dict, hash=False)  # the YAML after --set
     # Where a dotted key came from (file and line, or the --set that changed it), for errors
     # found after loading, such as a search space the stored study cannot take.
@@ -137,9 +139,11 @@ def load_config(path: Path, set_args: list[str] | tuple[str, ...] = (),
     _check_collisions(params, fixed, locate, overrides)
     sampler, pruner = _search(data, settings, locate)
     explicit = _explicit(data, settings, params, sampler, locate)
+    slurm = parse_slurm(data.get("slurm"), locate)
     return SearchConfig(path=path, params=params, fixed=fixed, overrides=tuple(set_args),
                         sampler=sampler, pruner=pruner, explicit=explicit, resolved=data,
-                        locate=locate, warnings=_warnings(fixed, params, locate), **settings)
+                        locate=locate, warnings=_warnings(fixed, params, locate), slurm=slurm,
+                        **settings)
 
 
 def _warnings(fixed: dict[str, Any], params: tuple[ParamSpec, ...], locate: Locate

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .cluster import slurm
 from .config import SearchConfig, display_path, load_config
 from .console import describe_search, explicit_configs, quiet_stdout
 from .errors import HparamSearchError
@@ -92,6 +93,8 @@ def _parser(script: Path, epilog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--jsonl", metavar="FILE",
                         help="with --dry-run: write each grid/enqueued configuration as one "
                              "JSON line")
+    # For `hparam-search slurm submit`: the resolved plan as JSON, nothing started or stored.
+    parser.add_argument("--plan-json", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -120,6 +123,13 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
     for warning in cfg.warnings:
         print(warning, file=sys.stderr)
     db_dir, url = _study_location(cfg, script, save_db_directory)
+    files_root = _files_root(cfg, script, db_dir)  # checked before anything, dry run included
+    if args.plan_json:
+        print(json.dumps(_plan_json(cfg, script, path, db_dir, url)))
+        return 0, None
+    if cfg.slurm is not None and slurm.in_job():
+        slurm.check_storage(cfg.slurm, url, cfg.where("storage"))
+        cfg = _fit_to_allocation(cfg)
     if args.dry_run:
         _dry_run(cfg, url, args.jsonl)
         return 0, None
@@ -131,11 +141,39 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
     plan = LaunchPlan(
         config=cfg, script=script, module=fn.__module__, qualname=fn.__qualname__,
         db_dir=db_dir, url=url, start_method=start_method,
-        files_root=_files_root(cfg, script, db_dir),
+        files_root=files_root,
         resume_command=mask_secrets(" ".join(shlex.quote(a) for a in ["python", *sys.argv])))
     launcher = Launcher(plan)
     code = launcher.run()
     return code, launcher.fatal if code == EXIT_SEARCH_FAILED else None
+
+
+def _plan_json(cfg: SearchConfig, script: Path, config: Path, db_dir: Path, url: str
+               ) -> dict[str, Any]:
+    """What `hparam-search slurm submit` needs to write and submit a job array."""
+    import dataclasses
+
+    return {"study": cfg.study_name, "url": url, "script": str(script), "config": str(config),
+            "db_dir": str(db_dir), "files_root": str(_files_root(cfg, script, db_dir)),
+            "directions": list(cfg.directions),
+            "metrics": list(cfg.metrics or ((cfg.metric,) if cfg.metric else ())),
+            "stop_grace": cfg.stop_grace, "storage_where": list(cfg.where("storage")),
+            "slurm": dataclasses.asdict(cfg.slurm) if cfg.slurm else None}
+
+
+def _fit_to_allocation(cfg: SearchConfig) -> SearchConfig:
+    """Inside a Slurm task: one worker per GPU Slurm assigned (workers_per_gpu honoured), else
+    one per CPU the task was given (cpus_per_task), else the YAML's n_jobs."""
+    import dataclasses
+
+    gpus = slurm.allocated_gpus()
+    if gpus and cfg.gpus is None:
+        return dataclasses.replace(cfg, gpus=tuple(gpus),
+                                   n_jobs=len(gpus) * cfg.workers_per_gpu)
+    cpus = slurm.allocated_cpus()
+    if cpus and not cfg.gpus:
+        return dataclasses.replace(cfg, n_jobs=cpus)
+    return cfg
 
 
 def _study_location(cfg: SearchConfig, script: Path,

@@ -50,7 +50,9 @@ class HparamSearchError(Exception):
         key = f"{self.key}: " if self.key else ""
         got = "" if self.got is HparamSearchError._MISSING else f" (got {_show(self.got)})"
         fix = f" {self.fix}" if self.fix else ""
-        return f"{where}{key}{self.problem.rstrip('.')}{got}.{fix}"
+        text = f"{self.problem.rstrip('.')}{got}"
+        end = "" if text.endswith(("?", "!")) else "."  # no "?." when the problem asks
+        return f"{where}{key}{text}{end}{fix}"
 
 
 def _show(value: object) -> str:

@@ -45,12 +45,13 @@ def describe_existing(cfg: SearchConfig, url: str) -> list[str]:
             return [f"Study: new (a run creates it and runs {cfg.n_trials} trials)"]
         notice = check(cfg, storage, study_id)
         counts = st.state_counts(storage, study_id)
+        kinds = st.pruned_kinds(storage, study_id) if counts.get("PRUNED") else None
     finally:
         st.close_storage(storage)
     done = st.finished(counts)
     left = max(0, cfg.n_trials - done)
-    kinds = st.format_counts(counts)
-    lines = [f"Study: exists with {sum(counts.values())} trials ({kinds}); {done} count toward "
+    states = st.format_counts(counts, kinds)
+    lines = [f"Study: exists with {sum(counts.values())} trials ({states}); {done} count toward "
              f"n_trials={cfg.n_trials}, so a run would add "
              f"{left} trial{'s' if left != 1 else ''}"]
     if notice:

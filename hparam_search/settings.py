@@ -45,6 +45,7 @@ SETTINGS: dict[str, tuple[bool, Any]] = {
     "retry_exceptions": (False, None),  # exception class names retried like interruptions
     "stop_grace": (False, None),  # seconds workers get after SIGTERM; None: STOP_GRACE_S
     "trial_dir": (False, None),  # root of the trial folders; None: save_db_directory
+    "slurm": (False, None),  # a job array for `hparam-search slurm submit`; see cluster/slurm.py
 }
 STOP_GRACE_S = 2.5  # the default: the whole stop stays under 3 s
 
@@ -190,7 +191,7 @@ def validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, i
         fail("trial_dir", "must be a folder path", trial_dir,
              "Write e.g. 'trial_dir: /shared/runs' (relative paths are taken from the script's "
              "folder).")
-    for key in ("sampler", "pruner", "enqueue"):
+    for key in ("sampler", "pruner", "enqueue", "slurm"):
         out.pop(key)
     return out
 
@@ -207,11 +208,14 @@ def threads_for_workers(setting: int | None, n_jobs: int) -> int | None:
 
 
 def cpu_count() -> int:
-    """The CPU cores this process may run on (its affinity, where the OS says)."""
+    """The CPU cores this process may run on: its affinity where the OS says, and no more than
+    a Slurm task was given (without CPU binding, affinity shows the whole node)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    given = os.environ.get("SLURM_CPUS_PER_TASK", "") if "SLURM_JOB_ID" in os.environ else ""
+    return min(cores, int(given)) if given.isdigit() and int(given) > 0 else cores
 
 
 def detect_gpus() -> list[str]:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.slurm_cluster import slurm_cluster  # noqa: F401 - a session fixture
+
 REPO = Path(__file__).resolve().parent.parent
 
 # A user script in the README's shape. `train` reads knobs from the config so one script
@@ -185,6 +187,16 @@ def project(tmp_path: Path) -> UserProject:
     p.write_script()
     p.write_config()
     return p
+
+
+def needs_torch() -> Any:
+    """PyTorch, or a skip where it is not installed; CI's PyTorch run sets
+    HPARAM_SEARCH_REQUIRE_TORCH=1, and there a missing torch is a failure."""
+    if os.environ.get("HPARAM_SEARCH_REQUIRE_TORCH"):
+        import torch
+
+        return torch
+    return pytest.importorskip("torch")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.05) -> Any:

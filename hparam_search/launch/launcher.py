@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import preflight, storage as st
 from ..config import SearchConfig, display_path
+from ..cluster import slurm
 from ..console import Console, Progress
 from ..errors import HparamSearchError
 from ..settings import THREAD_VARIABLES, cpu_count, threads_for_workers
@@ -111,6 +112,7 @@ class Launcher:
         self.threads = threads_for_workers(self.cfg.threads_per_worker, self.cfg.n_jobs)
         self.thread_env = {name: str(self.threads) for name in THREAD_VARIABLES
                            if name not in os.environ} if self.threads else {}
+        self.slurm = slurm.owner_info()  # the job, array task and node, inside a Slurm job
 
     # -- public --------------------------------------------------------------------------
     def run(self) -> int:
@@ -196,6 +198,9 @@ class Launcher:
                             if self.cfg.gpus else ""),
                         dashboard=st.dashboard_command(self.plan.url), stale=stale,
                         threads=self._threads_text())
+        if self.slurm:
+            self.out.line(f"  slurm      job {self.slurm['job']} task {self.slurm['task']} on "
+                          f"{self.slurm['node']}")
         if self.cfg.n_jobs > cpu_count():
             self.out.line(f"warning: n_jobs ({self.cfg.n_jobs}) is more than the {cpu_count()} "
                           f"CPU cores this process may use: workers will take turns on them")
@@ -238,7 +243,8 @@ class Launcher:
             artifacts_dir=str(self.plan.artifacts_dir), retries=self.cfg.retries,
             retry_exceptions=self.cfg.retry_exceptions,
             one_trial=self.cfg.isolate_trials, gpu=self._gpu_of(rank),
-            threads=self.threads if "OMP_NUM_THREADS" in self.thread_env else None)
+            threads=self.threads if "OMP_NUM_THREADS" in self.thread_env else None,
+            slurm=self.slurm)
         process = self.ctx.Process(target=_worker.main, args=(spec, child_conn),
                                    name=f"hparam-search-worker-{rank}", daemon=False)
         with _environment({"CUDA_VISIBLE_DEVICES": spec.gpu}):
@@ -441,8 +447,18 @@ class Launcher:
         self._terminate_live()
         deadline = time.monotonic() + self.cfg.stop_grace
         try:
-            for slot in self.slots:
-                slot.process.join(max(0.0, deadline - time.monotonic()))
+            # Wait for them, still showing what they print (a last checkpoint being saved)
+            # and counting a trial that finishes in the meantime.
+            while time.monotonic() < deadline:
+                live = [s for s in self.slots if s.process.is_alive()]
+                if not live:
+                    break
+                ready = multiprocessing.connection.wait(
+                    [s.conn for s in live] + [s.process.sentinel for s in live],
+                    timeout=max(0.0, deadline - time.monotonic()))
+                for slot in live:
+                    if slot.conn in ready:
+                        self._drain(slot)
         except (KeyboardInterrupt, signals.Terminated):
             pass  # a second Ctrl-C: stop waiting
         for slot in self.slots:

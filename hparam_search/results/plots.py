@@ -58,11 +58,19 @@ def plot(study: Any, folder: Path, info: dict[str, Any] | None = None,
     if len(params) > 1 and len(complete) > 1:
         from optuna.importance import get_param_importances
 
+        # Optuna's default evaluator looks for what makes the target low: with several
+        # objectives the target is the first, negated when that one is maximized.
+        by = {}
+        if multi:
+            sign = -1.0 if study.directions[0].name == "MAXIMIZE" else 1.0
+            by = {"target": lambda t: sign * t.values[0], "target_name": target["target_name"]}
         try:
-            important = list(get_param_importances(
-                study, **({"target": target["target"]} if target else {})))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                important = list(get_param_importances(
+                    study, **({"target": by["target"]} if by else {})))
             charts.append(("param_importances",
-                           lambda m: m.plot_param_importances(study, **target)))
+                           lambda m: m.plot_param_importances(study, **by)))
         except (RuntimeError, ValueError):
             pass
     for p in params:

@@ -101,9 +101,9 @@ def refused_fix(exc: BaseException) -> str | None:
     if "too many clients" not in text and "connection slots are reserved" not in text:
         return None
     return ("The server refused a connection: it has no free connection slot (PostgreSQL's "
-            "max_connections, 100 by default). Each worker and each launcher holds one "
-            "connection. Run fewer workers, raise max_connections on the server, or put a "
-            "pooler such as PgBouncer in front of it.")
+            "max_connections, 100 by default, less the superuser reserve). Each worker and "
+            "each launcher holds one connection: run fewer workers (n_jobs, or fewer "
+            "launchers), or raise max_connections on the server.")
 
 
 def close_storage(storage: Any) -> None:

@@ -3,8 +3,9 @@ thread and the budget lock take turns on it, so a search holds as many connectio
 has processes (workers and launchers), never a pool's worth each.
 
 Claims lock the study with a transaction-level advisory lock, released at commit: it holds
-across hosts, and it works behind a transaction-pooling PgBouncer, since nothing outlives a
-transaction."""
+across hosts. Launchers also take a session-level advisory lock (creating tables, recording a
+run, enqueueing trials), which a transaction-pooling PgBouncer does not keep: behind a pooler,
+use session pooling."""
 
 from __future__ import annotations
 

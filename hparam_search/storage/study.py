@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HparamSearchError
@@ -29,7 +30,9 @@ def create_or_load_study(storage: RDBStorage, study_name: str, directions: tuple
             key=key, got=directions[0] if len(directions) == 1 else list(directions),
             fix="Use the same direction, or pick a new tag (--set tag=...) for a new study.")
     if metric_names and study.metric_names != list(metric_names):
-        study.set_metric_names(list(metric_names))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks metric names experimental
+            study.set_metric_names(list(metric_names))
     return study
 
 

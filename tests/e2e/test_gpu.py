@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import UserProject
+from tests.conftest import UserProject, needs_torch
 
 RECORD = '''
 import json, os
@@ -64,8 +64,9 @@ def test_each_worker_sees_only_its_gpu(project: UserProject, tmp_path: Path) -> 
         assert item["gpu"] == expected and item["visible"] == expected
 
 
+@pytest.mark.torch
 def test_pytorch_cuda_train_with_an_out_of_memory_trial(project: UserProject) -> None:
-    torch = pytest.importorskip("torch")
+    torch = needs_torch()
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU on this machine")
     project.write_script(body=CUDA)

@@ -3,7 +3,6 @@ made by the real launcher."""
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import select

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import (REPO, UserProject, kill_group, open_study, pids_alive, wait_for,
+from tests.conftest import (UserProject, kill_group, open_study, pids_alive, wait_for,
                             worker_pids)
 
 # A 10-epoch train that checkpoints to trial.dir every epoch and records each attempt. It
@@ -396,6 +396,8 @@ def test_trial_dir_missing_parent_or_read_only(project: UserProject, tmp_path: P
         "writable folder (on a filesystem every machine of the study shares, when several run "
         "it).\n")
     assert not project.db().exists()
+    dry = project.run("--dry-run")  # checked in a dry run too
+    assert dry.returncode == 2 and dry.stderr == result.stderr
     ro = tmp_path / "ro"
     ro.mkdir()
     made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)],
@@ -419,3 +421,41 @@ def test_trial_dir_moves_the_folders(project: UserProject, tmp_path: Path) -> No
         assert a["dir"] == str(root / "exp_t" / "trials" / str(a["number"]))
         assert (Path(a["dir"]) / "last.json").exists()
         assert (Path(a["dir"]) / f"{a['number']}.log").exists()
+
+
+def test_a_train_that_catches_the_stop_and_returns_is_not_counted(project: UserProject) -> None:
+    project.write_script(body='''
+        import time
+        from hparam_search import hparam_search, current_trial, stopping
+
+        @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+        def train(config):
+            if current_trial().attempt == 1 and current_trial().number == 0:
+                (current_trial().dir / "started").write_text("yes")
+                try:
+                    time.sleep(600)
+                except BaseException:  # swallows the stop and returns a partial result
+                    print("saving on stop:", stopping(), flush=True)
+                    return 0.0
+            return config["x"] ** 2
+
+        if __name__ == "__main__":
+            train()
+    ''')
+    project.write_config(n_jobs=1, n_trials=2, stop_grace=5)
+    proc = project.popen()
+    started = project.root / "optuna_studies" / "exp_t" / "trials" / "0" / "started"
+    wait_for(lambda: started.exists(), timeout=60)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out
+    assert "saving on stop: True" in out  # shown on the console while the worker stops
+    first = project.trials()[0]
+    assert first.state.name == "FAIL" and first.value is None
+    result = project.run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = project.trials()
+    assert trials[0].state.name == "FAIL"
+    assert any(t.system_attrs.get("failed_trial") == 0 and t.state.name == "COMPLETE"
+               for t in trials)
+    assert project.states() == {"FAIL": 1, "COMPLETE": 2}

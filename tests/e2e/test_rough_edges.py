@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from hparam_search.settings import cpu_count
-from tests.conftest import REPO, UserProject
+from tests.conftest import REPO, UserProject, needs_torch
 
 THREADS_SCRIPT = '''
 import json, os, sys
@@ -84,9 +84,10 @@ def test_each_worker_gets_a_fair_share_of_the_cores(project: UserProject, method
     assert f"threads    {share} per worker (OMP, MKL, OpenBLAS and torch threads)" in result.stdout
 
 
+@pytest.mark.torch
 def test_torch_threads_follow_even_when_the_script_imported_torch_first(
         project: UserProject) -> None:
-    pytest.importorskip("torch")
+    needs_torch()
     out = project.root / "seen"
     out.mkdir()
     project.write_script(body="import torch\n" + THREADS_SCRIPT)

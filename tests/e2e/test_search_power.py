@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import UserProject
+from tests.conftest import UserProject, needs_torch
 
 # A train that reports a learning curve: the loss after each of `epochs` steps.
 CURVE_SCRIPT = '''
@@ -85,11 +85,11 @@ def finished(project: UserProject, study: str = "exp_t") -> list:
     {"type": "cmaes", "n_startup_trials": 2},
     {"type": "qmc", "qmc_type": "sobol"},
     {"type": "nsga2", "population_size": 4},
-    {"type": "gp", "n_startup_trials": 2},
+    pytest.param({"type": "gp", "n_startup_trials": 2}, marks=pytest.mark.torch),
 ])
 def test_every_sampler_runs_an_exact_budget(project: UserProject, sampler: dict) -> None:
     if sampler["type"] == "gp":
-        pytest.importorskip("torch", reason="Optuna's GPSampler needs PyTorch")
+        needs_torch()  # Optuna's GPSampler needs PyTorch
     if sampler["type"] == "cmaes":
         pytest.importorskip("cmaes", reason="Optuna's CmaEsSampler needs the cmaes package")
     write(project, RETURNS_SCRIPT, sampler=sampler, seed=3,

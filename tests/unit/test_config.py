@@ -311,3 +311,17 @@ def test_conditions_are_ordered_after_what_they_read() -> None:
     cfg = load(SEARCH.replace("  lr: {type: float, low: 0.0, high: 1.0}\n",
                               "  lr: {type: float, low: 0.0, high: 1.0, when: {opt: SGD}}\n"))
     assert [p.name for p in cfg.params] == ["opt", "lr"]
+
+
+def test_the_live_progress_line_fits_the_width_it_is_given() -> None:
+    from hparam_search.console import Progress
+
+    progress = Progress(target=300, done=123, running=8, pruned=40, errors=3, failed=2,
+                        best_value=0.000123456, best_trial=77, finished_this_run=123)
+    full = progress.text()
+    assert "123/300 done" in full and "best 0.000123456 (trial 77)" in full
+    for width in (120, 80, 60, 40, 20):
+        line = progress.text(width)
+        assert len(line) <= width and line.startswith("123/300 done")
+    # Fields go least useful first: the rate before the best value, the best value last.
+    assert "trials/min" not in progress.text(80) and "best" in progress.text(60)

@@ -1,0 +1,1 @@
+"""Running one study on a cluster scheduler (Slurm)."""

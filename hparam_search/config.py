@@ -15,6 +15,7 @@ from .overrides import Override, apply_overrides, parse_override
 from .cluster.slurm import SlurmSpec, parse_slurm
 from .sampling import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler
 from .settings import SETTINGS, SWEEP_KEY, validate_settings
+from .tracking import TrackingSpec, parse_tracking
 from .space import ParamSpec, check_explicit, grid_points, looks_like_spec, parse_sweep
 
 _MISSING = HparamSearchError._MISSING
@@ -47,6 +48,8 @@ class SearchConfig:
     retry_exceptions: tuple[str, ...]
     stop_grace: float
     trial_dir: str | None
+    enqueue_file: str | None
+    results_file: str | None
     params: tuple[ParamSpec, ...]
     fixed: dict[str, Any] = field(hash=False)
     overrides: tuple[str, ...] = ()
@@ -57,6 +60,7 @@ class SearchConfig:
     explicit: tuple[dict[str, Any], ...] = ()  # trials run first, once each: grid or enqueue
     warnings: tuple[str, ...] = ()  # said once at start
     slurm: SlurmSpec | None = None
+    tracking: TrackingSpec = TrackingSpec()
     resolved: dict[str, Any] = field(default_factory=dict, hash=False)  # the YAML after --set
     # Where a dotted key came from (file and line, or the --set that changed it), for errors
     # found after loading, such as a search space the stored study cannot take.
@@ -88,8 +92,10 @@ def display_path(path: Path) -> str:
 
 
 def load_config(path: Path, set_args: list[str] | tuple[str, ...] = (),
-                not_found_hint: str = "") -> SearchConfig:
+                not_found_hint: str = "", base: Path | None = None) -> SearchConfig:
     """Read ``path``, apply ``set_args`` (``a.b=value`` strings), validate, and freeze.
+    Relative files the config names (``enqueue_file``) are taken from ``base`` (the script's
+    folder; the config file's folder when not given).
 
     Raises:
         HparamSearchError: for any mistake in the file or the overrides.
@@ -138,11 +144,14 @@ def load_config(path: Path, set_args: list[str] | tuple[str, ...] = (),
     fixed = {k: v for k, v in data.items() if k != SWEEP_KEY}
     _check_collisions(params, fixed, locate, overrides)
     sampler, pruner = _search(data, settings, locate)
-    explicit = _explicit(data, settings, params, sampler, locate)
+    explicit = _explicit(data, settings, params, sampler, locate,
+                         _from_file(settings, params, fixed, base or path.parent, locate))
     slurm = parse_slurm(data.get("slurm"), locate)
+    tracking = parse_tracking(data.get("tracking"), locate)
     return SearchConfig(path=path, params=params, fixed=fixed, overrides=tuple(set_args),
                         sampler=sampler, pruner=pruner, explicit=explicit, resolved=data,
                         locate=locate, warnings=_warnings(fixed, params, locate), slurm=slurm,
+                        tracking=tracking,
                         **settings)
 
 
@@ -197,17 +206,30 @@ def _search(data: dict[str, Any], settings: dict[str, Any], locate: Locate
     return sampler, pruner
 
 
+def _from_file(settings: dict[str, Any], params: tuple[ParamSpec, ...], fixed: dict[str, Any],
+               base: Path, locate: Locate) -> tuple[dict[str, Any], ...]:
+    if settings["enqueue_file"] is None:
+        return ()
+    from .sweep_file import read_sweep_file
+
+    path = Path(settings["enqueue_file"]).expanduser()
+    return read_sweep_file(path if path.is_absolute() else base / path, params, fixed,
+                           locate("enqueue_file"))
+
+
 def _explicit(data: dict[str, Any], settings: dict[str, Any], params: tuple[ParamSpec, ...],
-              sampler: SamplerSpec, locate: Locate) -> tuple[dict[str, Any], ...]:
-    """The grid's points or the enqueue list; fills in n_trials for a grid."""
+              sampler: SamplerSpec, locate: Locate, from_file: tuple[dict[str, Any], ...] = ()
+              ) -> tuple[dict[str, Any], ...]:
+    """The grid's points or the enqueue list (and file); fills in n_trials for a grid."""
     def fail(key: str, problem: str, got: Any = _MISSING, fix: str | None = None) -> None:
         src, line = locate(key)
         raise HparamSearchError(problem, source=src, key=key, line=line, got=got, fix=fix)
 
     n_trials = settings["n_trials"]
     if sampler.type == "grid":
-        if data.get("enqueue") is not None:
-            fail("enqueue", "a grid already lists every trial", fix="Drop enqueue, or the grid.")
+        for key in ("enqueue", "enqueue_file"):
+            if data.get(key) is not None:
+                fail(key, "a grid already lists every trial", fix=f"Drop {key}, or the grid.")
         if not params:
             fail(SWEEP_KEY, "a grid needs sweep_parameters")
         points = tuple(grid_points(params, locate))
@@ -219,11 +241,11 @@ def _explicit(data: dict[str, Any], settings: dict[str, Any], params: tuple[Para
         return points[: settings["n_trials"]]
     if n_trials is None:
         fail("n_trials", "missing required setting", fix="Add 'n_trials: ...' to the file.")
-    if data.get("enqueue") is None:
-        return ()
-    entries = check_explicit(params, data["enqueue"], locate)
+    listed = check_explicit(params, data["enqueue"], locate) if data.get("enqueue") else ()
+    entries = (*listed, *from_file)
     if len(entries) > n_trials:
-        fail("enqueue", f"lists {len(entries)} trials, more than n_trials ({n_trials})",
+        key = "enqueue" if listed else "enqueue_file"
+        fail(key, f"lists {len(entries)} trials, more than n_trials ({n_trials})",
              fix="Raise n_trials or shorten the list.")
     return entries
 

@@ -81,10 +81,11 @@ def _parser(script: Path, epilog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=script.name, description="Run the hyperparameter search defined by this script.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                        metavar="KEY=VALUE",
+    parser.add_argument("--set", "-D", "--define", dest="overrides", nargs="+",
+                        action="extend", default=[], metavar="KEY=VALUE",
                         help="override any config value; dotted keys reach into mappings "
-                             "(e.g. --set n_trials=200 model.dropout=0.1)")
+                             "(e.g. --set n_trials=200 model.dropout=0.1); -D and --define "
+                             "are the same")
     parser.add_argument("--config", metavar="PATH",
                         help="use this YAML file instead of the decorator's config_path")
     parser.add_argument("--dry-run", action="store_true",
@@ -119,11 +120,13 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
     # argparse prints its own one-line usage error and exits 2: the same contract as ours.
     args = _parser(script, epilog).parse_args(list(argv))
     path = _config_file(script, config_path, args.config)
-    cfg = load_config(path, args.overrides, not_found_hint=_not_found_hint(script, path))
+    cfg = load_config(path, args.overrides, not_found_hint=_not_found_hint(script, path),
+                      base=script.parent)
     for warning in cfg.warnings:
         print(warning, file=sys.stderr)
     db_dir, url = _study_location(cfg, script, save_db_directory)
     files_root = _files_root(cfg, script, db_dir)  # checked before anything, dry run included
+    results_file = _results_file(cfg, script)
     if args.plan_json:
         print(json.dumps(_plan_json(cfg, script, path, db_dir, url)))
         return 0, None
@@ -141,7 +144,7 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
     plan = LaunchPlan(
         config=cfg, script=script, module=fn.__module__, qualname=fn.__qualname__,
         db_dir=db_dir, url=url, start_method=start_method,
-        files_root=files_root,
+        files_root=files_root, results_file=results_file,
         resume_command=mask_secrets(" ".join(shlex.quote(a) for a in ["python", *sys.argv])))
     launcher = Launcher(plan)
     code = launcher.run()
@@ -214,6 +217,34 @@ def _files_root(cfg: SearchConfig, script: Path, db_dir: Path) -> Path:
     return path
 
 
+def _results_file(cfg: SearchConfig, script: Path) -> Path | None:
+    """results_file, relative to the script's folder; checked before anything runs."""
+    if cfg.results_file is None:
+        return None
+    path = Path(cfg.results_file).expanduser()
+    path = (path if path.is_absolute() else script.parent / path).resolve()
+    source, line = cfg.where("results_file")
+
+    def fail(problem: str, fix: str) -> None:
+        raise HparamSearchError(problem, source=source, key="results_file", line=line,
+                                got=cfg.results_file, fix=fix)
+
+    folder = path.parent
+    if not folder.is_dir():
+        fail(f"its folder {folder} does not exist", "Create it, or name a file in an existing "
+             "folder.")
+    if not os.access(folder, os.W_OK) or _read_only(folder):
+        fail(f"its folder {folder} is not writable", "Name a file in a writable folder.")
+    if path.suffix.lower() == ".parquet":
+        import importlib.util
+
+        if importlib.util.find_spec("pandas") is None or \
+                importlib.util.find_spec("pyarrow") is None:
+            fail("a .parquet results file needs pandas and pyarrow",
+                 "pip install 'hparam-search[export]', or use .csv or .jsonl.")
+    return path
+
+
 def _read_only(folder: Path) -> bool:
     try:
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
@@ -227,7 +258,7 @@ def _help_epilog(script: Path, config_path: str | os.PathLike[str],
     path = _config_file(script, config_path, None)
     lines = [f"config file: {display_path(path)}"]
     try:
-        cfg = load_config(path)
+        cfg = load_config(path, base=script.parent)
         _, url = _study_location(cfg, script, save_db_directory)
     except HparamSearchError as exc:
         lines.append(f"study:       unknown until the config is fixed ({exc})")

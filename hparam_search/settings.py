@@ -46,7 +46,11 @@ SETTINGS: dict[str, tuple[bool, Any]] = {
     "stop_grace": (False, None),  # seconds workers get after SIGTERM; None: STOP_GRACE_S
     "trial_dir": (False, None),  # root of the trial folders; None: save_db_directory
     "slurm": (False, None),  # a job array for `hparam-search slurm submit`; see cluster/slurm.py
+    "tracking": (False, None),  # MLflow / TensorBoard; see tracking/
+    "enqueue_file": (False, None),  # JSON lines of configurations to run first
+    "results_file": (False, None),  # the export table, rewritten while the search runs
 }
+RESULTS_FORMATS = ("parquet", "csv", "jsonl")
 STOP_GRACE_S = 2.5  # the default: the whole stop stays under 3 s
 
 
@@ -186,12 +190,19 @@ def validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, i
     elif isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
         fail("stop_grace", "must be a number of seconds >= 0", grace,
              "Write e.g. 'stop_grace: 30' to give train 30 s to save a checkpoint.")
+    for key in ("enqueue_file", "results_file"):
+        if out[key] is not None and (not isinstance(out[key], str) or not out[key].strip()):
+            fail(key, "must be a file path", out[key])
+    results = out["results_file"]
+    if results is not None and results.rsplit(".", 1)[-1].lower() not in RESULTS_FORMATS:
+        fail("results_file", "has an extension that names no results format", results,
+             f"Use a file ending in .{', .'.join(RESULTS_FORMATS)}.")
     trial_dir = out["trial_dir"]
     if trial_dir is not None and (not isinstance(trial_dir, str) or not trial_dir.strip()):
         fail("trial_dir", "must be a folder path", trial_dir,
              "Write e.g. 'trial_dir: /shared/runs' (relative paths are taken from the script's "
              "folder).")
-    for key in ("sampler", "pruner", "enqueue", "slurm"):
+    for key in ("sampler", "pruner", "enqueue", "slurm", "tracking"):
         out.pop(key)
     return out
 

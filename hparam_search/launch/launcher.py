@@ -44,6 +44,7 @@ class LaunchPlan:
     start_method: str
     resume_command: str
     files_root: Path  # trial folders and artifacts go under <files_root>/<study>/
+    results_file: Path | None = None  # the export table, rewritten while the search runs
 
     @property
     def trials_root(self) -> Path:
@@ -113,6 +114,9 @@ class Launcher:
         self.thread_env = {name: str(self.threads) for name in THREAD_VARIABLES
                            if name not in os.environ} if self.threads else {}
         self.slurm = slurm.owner_info()  # the job, array task and node, inside a Slurm job
+        self._next_results = time.monotonic() + self.cfg.progress_interval
+        self.tracking: Any = None  # tracking.Context, when tracking is on and reachable
+        self._sinks: Any = None  # this process's own, to end the runs of lost trials
 
     # -- public --------------------------------------------------------------------------
     def run(self) -> int:
@@ -177,8 +181,9 @@ class Launcher:
                                              self.cfg.directions, self.cfg.metrics or
                                              ((self.cfg.metric,) if self.cfg.metric else ()))
         self._check_against_previous_runs()
-        stale = st.fail_trials_of(self.storage, st.study_id(self.study), None,
-                                  "its process died (found when the search was resumed)")
+        if self.cfg.tracking.on:  # before trials of dead processes are failed: their runs end
+            self.tracking = self._prepare_tracking()
+        stale = self._fail_dead(None, "its process died (found when the search was resumed)")
         self.done = self.done_at_start = st.finished(self._counts())
         remaining = self.cfg.n_trials - self.done
         if remaining > 0:
@@ -212,12 +217,36 @@ class Launcher:
         self.out.start_progress(self.progress)
         return True
 
+    def _fail_dead(self, pids: set[int] | None, reason: str) -> list[int]:
+        """Mark FAIL the trials of these (or of dead) processes on this host; end their
+        tracking runs. Returns their numbers."""
+        failed = st.fail_trials_of(self.storage, st.study_id(self.study), pids, reason)
+        if failed and self.tracking is not None:
+            from ..tracking import TrialSinks
+
+            if self._sinks is None:
+                self._sinks = TrialSinks(self.tracking)
+            self._sinks.end_interrupted(
+                [self.storage.get_trial(st.trial_id(t)) for t in failed])
+        return [t.number for t in failed]
+
     def _check_against_previous_runs(self) -> None:
         """Before anything is written: a search space the stored trials cannot take is an
         error; changed fixed values or ranges get a notice."""
         notice = preflight.check(self.cfg, self.storage, st.study_id(self.study))
         if notice:
             self.out.line(notice)
+
+    def _prepare_tracking(self) -> Any:
+        from .. import tracking
+
+        cfg = self.cfg
+        names = list(cfg.metrics or ((cfg.metric,) if cfg.metric else ())) or (
+            ["value"] if len(cfg.directions) == 1 else
+            [f"value_{i}" for i in range(len(cfg.directions))])
+        return tracking.prepare(cfg.tracking, study=self.study, url=self.plan.url,
+                                files_root=str(self.plan.files_root), db_dir=str(self.plan.db_dir),
+                                study_name=cfg.study_name, objectives=names, say=self.out.line)
 
     def _threads_text(self) -> str:
         if self.threads is None:
@@ -272,6 +301,8 @@ class Launcher:
             ready = multiprocessing.connection.wait(waitables, timeout=tick)
             self.out.progress(self.progress)
             self._enforce_timeouts()
+            if self.plan.results_file and time.monotonic() >= self._next_results:
+                self._write_results()
             for slot in live:
                 if slot.conn in ready or slot.process.sentinel in ready:
                     self._drain(slot)
@@ -292,7 +323,8 @@ class Launcher:
             busy = sum(1 for s in self._live() if s.ready and s is not slot)
             go = self.accepting and not self.fatal and busy < self.wanted
             slot.conn.send(("go", {"resumed_from": self.done_at_start, "deadline": self.deadline,
-                                   "run_id": self.run_id}) if go else ("quit",))
+                                   "run_id": self.run_id, "tracking": self.tracking})
+                           if go else ("quit",))
         elif kind == "start":
             number, trial_id, retry_of, attempt = msg[1:]
             slot.trial, slot.trial_started = (number, trial_id), time.monotonic()
@@ -393,8 +425,7 @@ class Launcher:
             return
         how = (f"was killed by {signals.signal_name(-code)}" if code < 0
                else f"exited with code {code}")
-        numbers = st.fail_trials_of(self.storage, st.study_id(self.study), {slot.process.pid},
-                                    f"its worker process {how}")
+        numbers = self._fail_dead({slot.process.pid}, f"its worker process {how}")
         again = " and will be retried" if self.cfg.retries else ""
         lost = f"; trial {', '.join(map(str, numbers))} marked FAIL{again}" if numbers else ""
         self.out.line(f"worker {slot.rank} (pid {slot.process.pid}) {how}{lost}")
@@ -419,8 +450,7 @@ class Launcher:
         if self.timed_out_search:
             return False
         while self.accepting:
-            st.fail_trials_of(self.storage, st.study_id(self.study), None,
-                              "its process died while the search ran")
+            self._fail_dead(None, "its process died while the search ran")
             counts = self._counts()
             remaining = self.cfg.n_trials - st.finished(counts)
             if remaining <= 0:
@@ -470,14 +500,38 @@ class Launcher:
             slot.conn.close()
         if self.storage is not None and self.study is not None:
             try:
-                st.fail_trials_of(self.storage, st.study_id(self.study), self.all_pids,
-                                  "interrupted: the search was stopped")
+                self._fail_dead(self.all_pids, "interrupted: the search was stopped")
             except Exception as exc:  # noqa: BLE001 - storage down or full: the next run recovers
                 self.out.line(f"could not mark interrupted trials FAIL ({exc}); the next run "
                               "of this command will")
 
+    def _write_results(self) -> None:
+        """Rewrite results_file with every trial (the export's table), atomically: a reader
+        never sees half a file. A failure is said once per write and never stops the search."""
+        from ..results import StudyReader, export, rows
+
+        self._next_results = time.monotonic() + self.cfg.progress_interval
+        target = self.plan.results_file
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with StudyReader(self.plan.url, self.cfg.study_name) as reader:
+                table = rows(reader)
+            if not table:
+                return
+            export(table, target.suffix.lstrip(".").lower(), partial)
+            os.replace(partial, target)
+        except Exception as exc:  # noqa: BLE001 - the study itself is safe
+            self.out.line(f"warning: could not write {display_path(target)} ({exc})")
+
     def _summary(self, headline: str, wall_s: float) -> None:
         counts = self._counts()
+        if self.plan.results_file:
+            self._write_results()
+        if self.tracking is not None:
+            from .. import tracking
+
+            tracking.end_study(self.tracking, st.finished(counts) >= self.cfg.n_trials,
+                               self.out.line)
         if headline == "Search finished" and self.timed_out_search:
             headline = f"Search stopped at its timeout ({self.cfg.timeout:g}s)"
         elif headline == "Search finished" and st.finished(counts) < self.cfg.n_trials:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -60,6 +61,7 @@ _optuna_trial: Any = None  # the running optuna.Trial, for report() and should_p
 _last_step: int | None = None
 _stopping = False  # set by the worker when a stop was requested
 _artifacts_dir: Path | None = None  # where save_artifact stores files, set by the worker
+_sinks: Any = None  # the worker's tracking sinks (MLflow, TensorBoard), told of each report
 
 
 def report(value: float, step: int) -> None:
@@ -78,6 +80,8 @@ def report(value: float, step: int) -> None:
     if not st.replace_intermediate(trial, value, step):  # a retry may report a step again
         trial.report(value, step)
     _last_step = step
+    if _sinks is not None:
+        _sinks.report(value, step)
     if trial.should_prune():
         import optuna
 
@@ -149,12 +153,15 @@ class TrialResult:
     pruned_by: str | None = None  # PRUNED only: "pruner", "error" or "timeout"
     attempt: int = 1
     retry_of: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # train's other returned numbers
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], Any],
               fixed: Mapping[str, Any], params: tuple[ParamSpec, ...], info: TrialInfo,
               objective: Objective = Objective(), pruner_name: str = "pruner",
-              retry_exceptions: tuple[str, ...] = ()) -> TrialResult:
+              retry_exceptions: tuple[str, ...] = (),
+              on_start: Callable[[TrialInfo, dict[str, Any]], dict[str, Any]] | None = None
+              ) -> TrialResult:
     """Sample, call ``train``, tell the study. An exception in ``train`` prunes the trial,
     unless its class (or a base class) is named in ``retry_exceptions``: then the trial fails
     and its configuration is retried like an interrupted one.
@@ -171,13 +178,18 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], 
     values = suggest(trial, params)
     config = merge_params(fixed, values)
     _current = dataclasses.replace(info, number=trial.number, params=values)
+    if on_start is not None:  # tracking: a run per trial, its id stored on the trial
+        for key, value in on_start(_current, config).items():
+            trial.storage.set_trial_system_attr(st.trial_id(trial), key, value)
     _optuna_trial, _last_step = trial, None
     start = time.perf_counter()
 
     def result(state: str, value: Any = None, reason: str | None = None,
-               tb: str | None = None, pruned_by: str | None = None) -> TrialResult:
+               tb: str | None = None, pruned_by: str | None = None,
+               metrics: dict[str, float] | None = None) -> TrialResult:
         return TrialResult(trial.number, state, value, values, time.perf_counter() - start,
-                           info.rank, reason, tb, pruned_by, info.attempt, info.retry_of)
+                           info.rank, reason, tb, pruned_by, info.attempt, info.retry_of,
+                           metrics or {})
 
     try:
         returned = train(config)
@@ -209,6 +221,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], 
         raise
     for name, number in extra.items():
         trial.set_user_attr(f"{METRIC_ATTR_PREFIX}{name}", number)
+    result = functools.partial(result, metrics=extra)
     bad = [v for v in numbers if not math.isfinite(v)]
     if bad:
         # Not the pruner's doing: counted with the errors.

@@ -62,6 +62,7 @@ class WorkerSpec:
     retries: int = 0
     retry_exceptions: tuple[str, ...] = ()
     slurm: dict[str, Any] | None = None  # job, task and node, recorded as the trial's owner
+    tracking: Any = None  # tracking.Context from the launcher: MLflow / TensorBoard, or None
     deadline: float | None = None  # wall-clock time after which no trial starts (`timeout`)
     one_trial: bool = False  # leave after one trial (`isolate_trials`): a fresh process each
     gpu: str | None = None  # CUDA_VISIBLE_DEVICES for this worker
@@ -129,6 +130,10 @@ def _main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None
         spec = dataclasses.replace(spec, **reply[1])
         storage = state.storage = st.open_storage(spec.url, create=False)
         study = _load_study(spec, storage)
+        if spec.tracking is not None:
+            from ..tracking import TrialSinks
+
+            state.sinks = _trial._sinks = TrialSinks(spec.tracking)
         _loop(spec, study, storage, train, conn, state)
     except _Recycle:
         _leave(EXIT_RECYCLE)
@@ -193,6 +198,7 @@ class _State:
 
     def __init__(self) -> None:
         self.storage: Any = None
+        self.sinks: Any = None  # tracking sinks, whose runs end with the trial
         self.trial_id: int | None = None
         self.lock = threading.Lock()
 
@@ -201,7 +207,8 @@ class _State:
             trial_id, self.trial_id = self.trial_id, None
         if trial_id is not None and self.storage is not None:
             try:
-                st.fail_trial(self.storage, trial_id, reason)
+                if st.fail_trial(self.storage, trial_id, reason) and self.sinks is not None:
+                    self.sinks.end_interrupted([self.storage.get_trial(trial_id)])
             except Exception:  # noqa: BLE001 - best effort; the launcher sweeps up after us
                 pass
 
@@ -270,7 +277,7 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
     channel = _Channel(conn)
     # Who runs the trial and under which run: written with the trial itself.
     new_attrs = {st.OWNER_ATTR: owner, st.RUN_ATTR_OF_TRIAL: spec.run_id}
-    claim = _claimer(spec, study, storage, new_attrs)
+    claim = _claimer(spec, study, storage, new_attrs, state)
     while True:
         if spec.deadline is not None and time.time() >= spec.deadline:
             return
@@ -292,7 +299,10 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
                 during.enter_context(_capture.captured(
                     log_path, f"[trial {trial.number} w{spec.rank}] ", channel.relay))
             result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info,
-                                      spec.objective, spec.pruner.type, spec.retry_exceptions)
+                                      spec.objective, spec.pruner.type, spec.retry_exceptions,
+                                      state.sinks.start if state.sinks else None)
+        if state.sinks is not None:
+            state.sinks.finish(result, result.metrics)
         if result.traceback and log_path is not None:
             # In the log only: the console already has the one-line reason.
             _capture.append(log_path, result.traceback)
@@ -313,7 +323,7 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
 STALE_REASON = "its heartbeat stopped: its process or host was lost"
 
 
-def _claimer(spec: WorkerSpec, study: Any, storage: Any, attrs: dict[str, Any]
+def _claimer(spec: WorkerSpec, study: Any, storage: Any, attrs: dict[str, Any], state: _State
              ) -> Callable[[], tuple[Any, bool] | None]:
     """How this worker takes its next trial: (the optuna.Trial, whether it is a retry), or None
     when the budget is spent. An interrupted configuration comes first, then a WAITING
@@ -329,6 +339,8 @@ def _claimer(spec: WorkerSpec, study: Any, storage: Any, attrs: dict[str, Any]
             claimed = storage.claim(study, spec.n_trials, attrs, retries=spec.retries,
                                     check_stale=due, stale_reason=STALE_REASON,
                                     user_attrs=lambda n, r: _files_of(spec, n, r))
+            if storage.stale_failed and state.sinks is not None:  # their runs end KILLED
+                state.sinks.end_interrupted([storage.get_trial(t) for t in storage.stale_failed])
             if claimed is None:
                 return None
             return st.optuna_trial(study, claimed.trial_id), claimed.retried is not None
@@ -341,7 +353,9 @@ def _claimer(spec: WorkerSpec, study: Any, storage: Any, attrs: dict[str, Any]
 
     def locked() -> tuple[Any, bool] | None:
         with st.budget_lock(spec.url, spec.study_name, storage):
-            st.fail_stale(storage, study_id)
+            stale = st.fail_stale(storage, study_id)
+            if stale and state.sinks is not None:
+                state.sinks.end_interrupted([storage.get_trial(t) for t in stale])
             counts = st.state_counts(storage, study_id)
             if st.claimed(counts) >= spec.n_trials:
                 return None

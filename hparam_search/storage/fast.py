@@ -168,6 +168,7 @@ class FastStorage(RDBStorage):
         self.new_trial_attrs: dict[str, Any] = {}
         self._pending: _Request | None = None  # a claim under way (see claim)
         self._retried: FrozenTrial | None = None
+        self.stale_failed: list[int] = []  # trials the last claim failed for a lost heartbeat
 
     # -- Optuna internals this class replaces ------------------------------------------------
     @property
@@ -516,7 +517,7 @@ class FastStorage(RDBStorage):
         cache knows it as it knows a trial made by ``Study.ask``."""
         self._pending = _Request(n_trials, attrs, retries, check_stale, stale_reason,
                                  user_attrs)
-        self._retried = None
+        self._retried, self.stale_failed = None, []
         try:
             trial_id = study._storage.create_new_trial(study._study_id)
         except _BudgetSpent:
@@ -603,6 +604,7 @@ class FastStorage(RDBStorage):
                     "AND state = 'RUNNING'", self._stamp(datetime.datetime.now()), trial_id)
             tally.open.pop(trial_id, None)
             tally.failed += 1
+            self.stale_failed.append(trial_id)
 
     def _stale_among(self, cur: _Cursor, trial_ids: list[int], grace: float) -> list[int]:
         """Of these trials, those whose last heartbeat is older than ``grace`` s (dialect)."""

@@ -101,11 +101,11 @@ def running_trials(storage: RDBStorage, study_id: int) -> list[optuna.trial.Froz
 
 
 def fail_trials_of(storage: RDBStorage, study_id: int, pids: set[int] | None, reason: str
-                   ) -> list[int]:
+                   ) -> list[Any]:
     """Mark FAIL the RUNNING trials whose process on this host is in ``pids`` or, with
-    ``pids=None``, is dead. Returns the trial numbers."""
+    ``pids=None``, is dead. Returns those trials (as they were, still RUNNING)."""
     host = socket.gethostname()
-    numbers = []
+    failed = []
     for trial in running_trials(storage, study_id):
         owner = Owner.from_attr(trial.system_attrs.get(OWNER_ATTR))
         if owner is None:
@@ -114,14 +114,14 @@ def fail_trials_of(storage: RDBStorage, study_id: int, pids: set[int] | None, re
             age = datetime.datetime.now() - (trial.datetime_start or datetime.datetime.now())
             if pids is None and age.total_seconds() > ORPHAN_S and \
                     fail_trial(storage, attrs.trial_id(trial), reason):
-                numbers.append(trial.number)
+                failed.append(trial)
             continue
         if owner.host != host:
             continue
         hit = owner.pid in pids if pids is not None else not owner.is_alive()
         if hit and fail_trial(storage, attrs.trial_id(trial), reason):
-            numbers.append(trial.number)
-    return numbers
+            failed.append(trial)
+    return failed
 
 
 @contextlib.contextmanager

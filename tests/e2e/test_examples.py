@@ -67,6 +67,10 @@ def load_trials(folder: Path, study: str) -> tuple[list[optuna.trial.FrozenTrial
         storage.engine.dispose()
 
 
+# MLflow's own store code (read back here) trips SQLAlchemy 2.1's deprecations.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
 def states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     return dict(collections.Counter(t.state.name for t in trials))
 
@@ -104,6 +108,14 @@ def test_pytorch_example_prunes_checkpoints_and_saves_artifacts(tmp_path: Path) 
                      if k.startswith("artifacts:")]
         assert [a["filename"] for a in artifacts] == ["last.pt"]
     assert pruned or all(sorted(t.intermediate_values) == epochs for t in trials)
+    # MLflow tracking is on: one nested run per trial in the local store.
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{folder / 'optuna_studies' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(study_name(cfg))
+    runs = client.search_runs([experiment.experiment_id])
+    nested = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(int(r.data.tags["trial"]) for r in nested) == sorted(t.number for t in trials)
 
 
 @pytest.mark.torch

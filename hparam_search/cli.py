@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "their trials are retried later")):
         q = jobs.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         q.add_argument("study", help=STUDY_HELP + ", or the training script")
+        q.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                       metavar="KEY=VALUE", help="with a script: the overrides it was "
+                                                 "submitted with (storage=..., tag=...)")
+        q.add_argument("--config", metavar="PATH", help="with a script: its other YAML file")
     return parser
 
 

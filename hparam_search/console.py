@@ -163,7 +163,8 @@ class Console:
         self.line(f"{headline} in {wall_s:.1f}s. Trials by state: {states}.")
         if len(directions) == 1 and best:
             trial = best[0]
-            self.line(f"Best trial {trial.number} ({directions[0]}): value={_fmt(trial.value)}")
+            self.line(f"Best trial {trial.number} ({directions[0]}): "
+                      f"value={_fmt(trial.values[0])}")
             for k, v in trial.params.items():
                 self.line(f"  {k}: {_fmt(v)}")
         elif best:

@@ -33,10 +33,15 @@ def main(args: Any) -> int:
 
 
 # -- submit --------------------------------------------------------------------------------
+def _passed(args: Any) -> list[str]:
+    """The script's own options among ``args``: its config file and --set overrides."""
+    return ([f"--config={args.config}"] if args.config else []) + \
+        (["--set", *args.overrides] if args.overrides else [])
+
+
 def submit(args: Any) -> int:
     script = Path(args.script).resolve()
-    passed = ([f"--config={args.config}"] if args.config else []) + \
-        (["--set", *args.overrides] if args.overrides else [])
+    passed = _passed(args)
     plan = read_plan(script, passed)
     spec = plan["slurm"]
     if spec is None:
@@ -79,7 +84,7 @@ def submit(args: Any) -> int:
             "stop_grace": plan["stop_grace"]})
     finally:
         st.close_storage(storage)
-    ref = shlex.quote(display_path(script))
+    ref = " ".join(shlex.quote(part) for part in [display_path(script), *passed])
     print(f"submitted job {job}: {spec.tasks} array task{'s' if spec.tasks != 1 else ''} for "
           f"study '{plan['study']}' ({st.describe(plan['url'])})")
     print(f"  script   {display_path(path)}")
@@ -121,21 +126,25 @@ def _record_job(study: Any, url: str, record: dict[str, Any]) -> None:
 
 
 # -- status and cancel ---------------------------------------------------------------------
-def _study_of(arg: str) -> tuple[str, str]:
-    """(storage URL, study name) of a study argument, or of a training script's study."""
-    if arg.endswith(".py"):
-        plan = read_plan(Path(arg).resolve(), [])
+def _study_of(args: Any) -> tuple[str, str]:
+    """(storage URL, study name) of a study argument, or of a training script's study with
+    the overrides it was submitted with."""
+    if args.study.endswith(".py"):
+        plan = read_plan(Path(args.study).resolve(), _passed(args))
         return plan["url"], plan["study"]
+    if args.overrides or args.config:
+        raise ConfigMistake("--set and --config go with a training script, not a study",
+                            fix="Pass the script (train.py --set ...) or the study alone.")
     from ..results import resolve
 
-    ref = resolve(arg)
+    ref = resolve(args.study)
     return ref.url, ref.name
 
 
 def status(args: Any) -> int:
     from ..results import StudyReader
 
-    url, name = _study_of(args.study)
+    url, name = _study_of(args)
     with StudyReader(url, name) as reader:
         jobs = reader.study_system_attrs().get(slurm.JOBS_ATTR, [])
         counts, kinds = reader.counts(), reader.pruned_kinds()
@@ -168,7 +177,7 @@ def status(args: Any) -> int:
 def cancel(args: Any) -> int:
     from ..results import StudyReader
 
-    url, name = _study_of(args.study)
+    url, name = _study_of(args)
     with StudyReader(url, name) as reader:
         jobs = reader.study_system_attrs().get(slurm.JOBS_ATTR, [])
     live = {t.job for t in slurm.queue([j["job"] for j in jobs])}

@@ -536,10 +536,11 @@ class Launcher:
             headline = f"Search stopped at its timeout ({self.cfg.timeout:g}s)"
         elif headline == "Search finished" and st.finished(counts) < self.cfg.n_trials:
             headline = "Search ended short of its budget"
-        from optuna.trial import TrialState
+        from ..results import StudyReader
 
-        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        best = self.study.best_trials if complete else []
+        # A few queries, not every trial: a 50,000-trial study ends as fast as a small one.
+        with StudyReader(self.plan.url, self.cfg.study_name) as reader:
+            best = reader.best() if counts.get("COMPLETE") else []
         kinds = st.pruned_kinds(self.storage, st.study_id(self.study))
         self.out.summary(headline=headline, states=st.format_counts(counts, kinds), best=best,
                          directions=self.cfg.directions, wall_s=wall_s,

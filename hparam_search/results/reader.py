@@ -189,11 +189,21 @@ class StudyReader:
         return self.records(ids=[c.trial_id for c in front])
 
     def ranked(self, limit: int | None = None) -> list[TrialRecord]:
-        """COMPLETE trials, best first by the first objective."""
-        ranked = self._complete_values()
+        """COMPLETE trials, best first by the first objective (the database sorts them)."""
         maximize = self.directions[0] == "maximize"
-        ranked.sort(key=lambda tv: -tv[1][0] if maximize else tv[1][0])
-        ids = [tid for tid, _ in ranked[:limit]]
+        if self._journal is not None:
+            ranked = self._complete_values()
+            ranked.sort(key=lambda tv: -tv[1][0] if maximize else tv[1][0])
+            ids = [tid for tid, _ in ranked[:limit]]
+        else:
+            order = "DESC" if maximize else "ASC"
+            rows = self._rows(
+                "SELECT t.trial_id FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
+                "WHERE t.study_id = ? AND t.state = 'COMPLETE' AND v.objective = 0 ORDER BY "
+                f"CASE v.value_type WHEN 'INF_NEG' THEN -1 WHEN 'FINITE' THEN 0 ELSE 1 END "
+                f"{order}, v.value {order}, t.trial_id"
+                + (f" LIMIT {int(limit)}" if limit is not None else ""), [self.study_id])
+            ids = [r[0] for r in rows]
         by_id = {r.trial_id: r for r in self.records(ids=ids)}
         return [by_id[i] for i in ids]
 

@@ -74,7 +74,11 @@ def open_storage(url: str, *, create: bool) -> Any:
                                                      skip_compatibility_check=not create,
                                                      **beats)
             if create and hasattr(storage, "prepare_schema"):
-                storage.prepare_schema()
+                try:
+                    storage.prepare_schema()
+                except BaseException:
+                    close_storage(storage)  # refused (an old schema, say): no open connection
+                    raise
     except ImportError as exc:
         raise HparamSearchError(f"no database driver for this storage URL ({exc})",
                                 source=mask_secrets(url), key="storage",

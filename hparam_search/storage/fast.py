@@ -42,21 +42,26 @@ _VALUE_TYPE = models.TrialValueModel.TrialValueType
 _INTER_TYPE = models.TrialIntermediateValueModel.TrialIntermediateValueType
 _VALUE_OF = models.TrialValueModel.stored_repr_to_value
 _INTER_OF = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
-_CHILDREN = {
-    "params": "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
-              "WHERE trial_id IN ({ids}) ORDER BY param_id",
-    "values": "SELECT trial_id, value, value_type FROM trial_values "
-              "WHERE trial_id IN ({ids}) ORDER BY objective",
-    "user": "SELECT trial_id, key, value_json FROM trial_user_attributes "
-            "WHERE trial_id IN ({ids}) ORDER BY trial_user_attribute_id",
-    "system": "SELECT trial_id, key, value_json FROM trial_system_attributes "
-              "WHERE trial_id IN ({ids}) ORDER BY trial_system_attribute_id",
-    "inter": "SELECT trial_id, step, intermediate_value, intermediate_value_type "
-             "FROM trial_intermediate_values WHERE trial_id IN ({ids}) ORDER BY step",
-}
+# Everything hanging off some trials, in one query (a round trip counts on a database server):
+# (kind, trial_id, order, name, number, text) rows of params (0), values (1), user (2) and
+# system (3) attributes and intermediate values (4).
+_CHILDREN = " UNION ALL ".join([
+    "SELECT 0, trial_id, param_id, param_name, param_value, distribution_json "
+    "FROM trial_params WHERE trial_id IN ({ids})",
+    "SELECT 1, trial_id, objective, CAST(value_type AS VARCHAR(16)), value, NULL "
+    "FROM trial_values WHERE trial_id IN ({ids})",
+    "SELECT 2, trial_id, trial_user_attribute_id, key, NULL, value_json "
+    "FROM trial_user_attributes WHERE trial_id IN ({ids})",
+    "SELECT 3, trial_id, trial_system_attribute_id, key, NULL, value_json "
+    "FROM trial_system_attributes WHERE trial_id IN ({ids})",
+    "SELECT 4, trial_id, step, CAST(intermediate_value_type AS VARCHAR(16)), "
+    "intermediate_value, NULL FROM trial_intermediate_values WHERE trial_id IN ({ids})",
+]) + " ORDER BY 1, 2, 3"
+_KIDS = ("params", "values", "user", "system", "inter")
 _TRIALS = ("SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
            "WHERE {where} ORDER BY trial_id")
 _MAX_IDS = 900  # below SQLite's bound-variable limit
+_KID_IDS = _MAX_IDS // 5  # the children query repeats its id list five times
 _FINISHED = ("COMPLETE", "PRUNED")
 _NOT_FINAL = ("RUNNING", "WAITING")
 
@@ -73,6 +78,8 @@ _SET_ATTR = {t: _upsert(t, "trial_id, key", "value_json", "value_json")
              for t in ("trial_user_attributes", "trial_system_attributes")}
 _SET_VALUE = _upsert("trial_values", "trial_id, objective", "value, value_type",
                      "value, value_type")
+_BEAT = ("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?, CURRENT_TIMESTAMP) "
+         "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = CURRENT_TIMESTAMP")
 _SET_INTER = _upsert("trial_intermediate_values", "trial_id, step",
                      "intermediate_value, intermediate_value_type",
                      "intermediate_value, intermediate_value_type")
@@ -575,8 +582,12 @@ class FastStorage(RDBStorage):
 
     def _user_attrs(self, cur: _Cursor, trial_id: int, number: int,
                     retried: FrozenTrial | None, request: _Request) -> dict[str, Any]:
+        """The taken trial's user attributes, and its first heartbeat (database storages):
+        written with the claim, not in transactions of their own."""
         extra = request.user_attrs(number, retried) if request.user_attrs else {}
         self._write_attrs(cur, "trial_user_attributes", trial_id, extra)
+        if self.heartbeat_interval is not None:
+            cur.run(_BEAT, trial_id)
         return extra
 
     def _tally(self, cur: _Cursor, study_id: int) -> _Tally:
@@ -627,9 +638,7 @@ class FastStorage(RDBStorage):
     # -- heartbeats ------------------------------------------------------------------------
     def record_heartbeat(self, trial_id: int) -> None:
         with self._write() as cur:
-            cur.run("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES "
-                    "(?, CURRENT_TIMESTAMP) ON CONFLICT (trial_id) DO UPDATE SET "
-                    "heartbeat = CURRENT_TIMESTAMP", trial_id)
+            cur.run(_BEAT, trial_id)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self.grace_period or 2 * (self.heartbeat_interval or 1)
@@ -727,29 +736,28 @@ class FastStorage(RDBStorage):
         if not rows:
             return []
         ids = [r[0] for r in rows]
-        kids: dict[str, dict[int, list[tuple]]] = {}
-        for name, sql in _CHILDREN.items():
-            grouped: dict[int, list[tuple]] = defaultdict(list)
-            for start in range(0, len(ids), _MAX_IDS):
-                chunk = ids[start:start + _MAX_IDS]
-                for row in cur.all(sql.format(ids=",".join("?" * len(chunk))), *chunk):
-                    grouped[row[0]].append(row)
-            kids[name] = grouped
+        kids: dict[str, dict[int, list[tuple]]] = {name: defaultdict(list) for name in _KIDS}
+        for start in range(0, len(ids), _KID_IDS):
+            chunk = ids[start:start + _KID_IDS]
+            marks = ",".join("?" * len(chunk))
+            for kind, tid, order, name, number, text in cur.all(
+                    _CHILDREN.format(ids=marks), *(chunk * 5)):
+                kids[_KIDS[kind]][tid].append((tid, name, number, text, order))
         return [self._frozen(row, kids) for row in rows]
 
     def _frozen(self, row: tuple, kids: dict[str, dict[int, list[tuple]]]) -> FrozenTrial:
         tid, number, state, start, complete = row
-        params = kids["params"].get(tid, [])
+        params = kids["params"].get(tid, [])  # (trial_id, name, value, distribution)
         dists = {p[1]: _distribution(p[3]) for p in params}
-        values = [_VALUE_OF(v[1], _VALUE_TYPE[_name(v[2])]) for v in kids["values"].get(tid, [])]
+        values = [_VALUE_OF(v[2], _VALUE_TYPE[v[1]]) for v in kids["values"].get(tid, [])]
         return FrozenTrial(
             number=number, state=TrialState[_name(state)], value=None, values=values or None,
             datetime_start=self._when(start), datetime_complete=self._when(complete),
             params={p[1]: dists[p[1]].to_external_repr(p[2]) for p in params},
             distributions=dists,
-            user_attrs={a[1]: json.loads(a[2]) for a in kids["user"].get(tid, [])},
-            system_attrs={a[1]: json.loads(a[2]) for a in kids["system"].get(tid, [])},
-            intermediate_values={v[1]: _INTER_OF(v[2], _INTER_TYPE[_name(v[3])])
+            user_attrs={a[1]: json.loads(a[3]) for a in kids["user"].get(tid, [])},
+            system_attrs={a[1]: json.loads(a[3]) for a in kids["system"].get(tid, [])},
+            intermediate_values={v[4]: _INTER_OF(v[2], _INTER_TYPE[v[1]])
                                  for v in kids["inter"].get(tid, [])},
             trial_id=tid,
         )

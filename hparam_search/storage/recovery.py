@@ -127,15 +127,19 @@ def fail_trials_of(storage: RDBStorage, study_id: int, pids: set[int] | None, re
 @contextlib.contextmanager
 def heartbeat(storage: Any, running_id: int) -> Iterator[None]:
     """While a trial runs on a database storage, record a heartbeat every few seconds, so that
-    if this process or its host dies, the trial is failed by a worker elsewhere (fail_stale)."""
+    if this process or its host dies, the trial is failed by a worker elsewhere (fail_stale).
+    The fast path's claim wrote the first beat with the trial itself."""
     if getattr(storage, "heartbeat_interval", None) is None:
         yield
         return
     import threading
 
     stop = threading.Event()
+    claimed_with_beat = hasattr(storage, "claim")
 
     def beat() -> None:
+        if claimed_with_beat and stop.wait(heartbeat_timing()[0]):
+            return
         while True:
             try:
                 storage.record_heartbeat(running_id)

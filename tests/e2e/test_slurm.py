@@ -282,3 +282,37 @@ def test_bad_input(project: UserProject, slurm_cluster: SlurmCluster, database: 
         assert optuna.get_all_study_names(storage) == []
     finally:
         storage.engine.dispose()
+
+
+def test_the_slurm_example_runs_as_its_readme_says(
+        slurm_cluster: SlurmCluster, database: str, tmp_path: Path) -> None:
+    """examples/slurm, copied away and submitted with its storage set on the command line."""
+    import shutil
+
+    folder = tmp_path / "slurm"
+    shutil.copytree(REPO / "examples" / "slurm", folder,
+                    ignore=shutil.ignore_patterns("optuna_studies", "__pycache__"))
+    small = ["--set", f"storage={database}", "--set", "n_trials=6", "--set", "epochs=6",
+             "--set", "slurm.tasks=2", "--set", "slurm.cpus_per_task=1"]
+    env = dict(slurm_cluster.env, PYTHONPATH=str(REPO))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hparam_search.cli", "slurm", *args],
+                              cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+    dry = cli("submit", "train.py", "--dry-run", *small)
+    assert dry.returncode == 0, dry.stderr
+    assert "#SBATCH --array=0-1" in dry.stdout and "#SBATCH --time=00:30:00" in dry.stdout
+    job = job_of(cli("submit", "train.py", *small))
+    wait_done(slurm_cluster, job)
+    with open_study(st.resolve_storage(database, folder), "logistic_slurm") as study:
+        states = [t.state.name for t in study.trials]
+        tasks = {t.system_attrs[st.OWNER_ATTR]["slurm"]["task"] for t in study.trials}
+    assert len(states) == 6 and set(states) <= {"COMPLETE", "PRUNED"}, states
+    assert tasks <= {0, 1}
+    # status names the study's counts; the trials' checkpoints are in their folders.
+    shown = cli("status", "train.py", *small[:2])
+    assert shown.returncode == 0, shown.stderr
+    assert "trials   6:" in shown.stdout and f"job {job} (submitted" in shown.stdout
+    assert len(list((folder / "optuna_studies" / "logistic_slurm" / "trials").glob(
+        "*/last.npz"))) == 6

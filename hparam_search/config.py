@@ -23,7 +23,8 @@ _MISSING = HparamSearchError._MISSING
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Everything a search needs, validated. ``fixed`` is what ``train`` gets minus sampled values."""
+    """Everything a search needs, validated. ``fixed`` is what ``train`` gets minus sampled
+    values."""
 
     path: Path
     experiment_name: str
@@ -202,7 +203,8 @@ def _search(data: dict[str, Any], settings: dict[str, Any], locate: Locate
     if pruner.type != "none" and len(settings["directions"]) > 1:
         src, line = locate("pruner")
         raise HparamSearchError("pruning works with one objective only", source=src,
-                                key="pruner", line=line, fix="Remove 'pruner:' or use one direction.")
+                                key="pruner", line=line,
+                                fix="Remove 'pruner:' or use one direction.")
     return sampler, pruner
 
 

@@ -49,7 +49,8 @@ class Progress:
                 if self.best_value is not None else "best -")
         # (priority, text): 0 is kept longest.
         fields = [(0, f"{self.done}/{self.target} done"), (3, f"{self.running} running"),
-                  (4, f"{self.pruned} pruned"), (2, f"{self.errors} error{'' if self.errors == 1 else 's'}"),
+                  (4, f"{self.pruned} pruned"),
+                  (2, f"{self.errors} error{'' if self.errors == 1 else 's'}"),
                   (2, f"{self.failed} failed"), (1, best), (6, f"{rate:.1f} trials/min"),
                   (5, f"ETA {eta}")]
         fields = [(p, t) for p, t in fields if not t.startswith("0 ") or p < 2 or

@@ -19,7 +19,8 @@ from .cluster import slurm
 from .config import SearchConfig, display_path, load_config
 from .console import describe_search, explicit_configs, quiet_stdout
 from .errors import HparamSearchError
-from .launch.launcher import EXIT_SEARCH_FAILED, Launcher, LaunchPlan
+from .launch.launcher import EXIT_SEARCH_FAILED, Launcher
+from .launch.plan import LaunchPlan
 from .storage import describe, mask_secrets, resolve_storage, sqlite_url
 
 F = TypeVar("F", bound=Callable[..., Any])

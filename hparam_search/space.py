@@ -148,7 +148,8 @@ def _parse_one(name: str, spec: Any, locate: Locate) -> ParamSpec:
               "Write e.g. '{type: float, low: 0.0, high: 1.0}'.")
     kind = spec.get("type")
     if kind is None:
-        _fail(locate, key, "has no 'type'", fix="Add 'type: float', 'type: int' or 'type: categorical'.")
+        _fail(locate, key, "has no 'type'",
+              fix="Add 'type: float', 'type: int' or 'type: categorical'.")
     if kind not in PARAM_TYPES:
         hint = did_you_mean(str(kind), PARAM_TYPES) or "Use float, int or categorical."
         _fail(locate, f"{key}.type", "unknown parameter type", kind, hint)
@@ -176,7 +177,8 @@ def _categorical(name: str, key: str, spec: Mapping[str, Any], locate: Locate) -
                   "(string, number, true/false or null)", choice,
                   "Name the option with a string and build the object inside train.")
     if len(set(map(repr, choices))) != len(choices):
-        _fail(locate, f"{key}.choices", "lists the same choice twice", choices, "Remove the repeat.")
+        _fail(locate, f"{key}.choices", "lists the same choice twice", choices,
+              "Remove the repeat.")
     return ParamSpec(name, "categorical", choices=tuple(choices))
 
 

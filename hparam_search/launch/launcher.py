@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
-import shlex
 import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .. import preflight, storage as st
-from ..config import SearchConfig, display_path
+from .. import preflight
+from .. import storage as st
 from ..cluster import slurm
+from ..config import display_path
 from ..console import Console, Progress
 from ..errors import HparamSearchError
 from ..settings import THREAD_VARIABLES, cpu_count, threads_for_workers
-from . import signals, trial as _trial, worker as _worker
+from . import signals
+from . import trial as _trial
+from . import worker as _worker
+from .plan import LaunchPlan, run_metadata
+from .starting import Starter, environment
 from .trial import TrialResult
 
 EXIT_OK = 0
@@ -29,44 +29,6 @@ EXIT_SEARCH_FAILED = 1
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 RECHECK_S = 1.0  # how often to look again while other processes hold the last slots
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    """A validated search, ready to run."""
-
-    config: SearchConfig
-    script: Path
-    module: str
-    qualname: str
-    db_dir: Path  # save_db_directory, absolute
-    url: str  # the storage: the SQLite file in db_dir unless `storage:` says otherwise
-    start_method: str
-    resume_command: str
-    files_root: Path  # trial folders and artifacts go under <files_root>/<study>/
-    results_file: Path | None = None  # the export table, rewritten while the search runs
-
-    @property
-    def trials_root(self) -> Path:
-        """<files_root>/<study>/trials: one folder per configuration, named by its number."""
-        return self.files_root / self.config.study_name / "trials"
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.files_root / self.config.study_name / "artifacts"
-
-    @property
-    def show_command(self) -> str:
-        """How to look at this study with the `hparam-search` command."""
-        path = st.sqlite_path(self.url)
-        if path is not None:
-            return f"hparam-search show {shlex.quote(display_path(path))}"
-        return f"hparam-search show {shlex.quote(st.mask_secrets(self.url) + '#' + self.config.study_name)}"
-
-    @property
-    def where(self) -> str:
-        """The storage as the banner shows it: a file path, or the URL without password."""
-        return st.describe(self.url)
 
 
 @dataclass
@@ -121,7 +83,7 @@ class Launcher:
     # -- public --------------------------------------------------------------------------
     def run(self) -> int:
         # Workers (and the fork server) inherit their numeric libraries' thread counts.
-        with _environment(dict(self.thread_env)):
+        with environment(dict(self.thread_env)):
             try:
                 return self._run()
             finally:
@@ -134,7 +96,7 @@ class Launcher:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signals.raise_terminated)
         code, headline = EXIT_OK, "Search finished"
-        starter = _Starter(self, min(self.cfg.n_jobs, self.cfg.n_trials))
+        starter = Starter(self, min(self.cfg.n_jobs, self.cfg.n_trials))
         try:
             # Workers import their (possibly heavy) modules while the parent opens the study;
             # with forkserver, starting them blocks until the server has imported the script.
@@ -199,7 +161,8 @@ class Launcher:
         self.out.banner(study=self.cfg.study_name, db=self.plan.where, done=self.done,
                         target=self.cfg.n_trials, n_workers=min(self.cfg.n_jobs, remaining),
                         start_method=self.plan.start_method + (
-                            f"; GPUs {', '.join(self._gpu_of(r) or '' for r in range(self.cfg.n_jobs))}"
+                            "; GPUs " + ", ".join(self._gpu_of(r) or ""
+                                                  for r in range(self.cfg.n_jobs))
                             if self.cfg.gpus else ""),
                         dashboard=st.dashboard_command(self.plan.url), stale=stale,
                         threads=self._threads_text())
@@ -276,7 +239,7 @@ class Launcher:
             slurm=self.slurm)
         process = self.ctx.Process(target=_worker.main, args=(spec, child_conn),
                                    name=f"hparam-search-worker-{rank}", daemon=False)
-        with _environment({"CUDA_VISIBLE_DEVICES": spec.gpu}):
+        with environment({"CUDA_VISIBLE_DEVICES": spec.gpu}):
             process.start()  # spawn: the new interpreter sees its GPU from its first line
         child_conn.close()
         self.all_pids.add(process.pid)
@@ -546,100 +509,3 @@ class Launcher:
                          directions=self.cfg.directions, wall_s=wall_s,
                          dashboard=st.dashboard_command(self.plan.url),
                          resume=self.plan.resume_command, show=self.plan.show_command)
-
-
-def run_metadata(plan: LaunchPlan) -> dict[str, Any]:
-    """What a later reader needs to know how this run was made."""
-    import datetime
-    import importlib.metadata
-    import platform
-    import socket
-
-    import yaml
-
-    versions = {}
-    for dist in ("hparam-search", "optuna", "sqlalchemy", "optuna-dashboard"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return {
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": st.mask_secrets(plan.resume_command),
-        "script": str(plan.script),
-        "config_file": str(plan.config.path),
-        "config": st.mask_secrets(yaml.safe_dump(plan.config.resolved, sort_keys=False)),
-        "git": _git_state(plan.script.parent),
-        "host": socket.gethostname(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "start_method": plan.start_method,
-        "n_jobs": plan.config.n_jobs,
-        "trials": str(plan.trials_root),
-        "artifacts": str(plan.artifacts_dir),
-    }
-
-
-def _git_state(folder: Path) -> dict[str, Any] | None:
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, timeout=5)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-
-
-class _Starter(threading.Thread):
-    """Starts the first workers beside the main thread, which meanwhile opens the study."""
-
-    def __init__(self, launcher: Launcher, count: int) -> None:
-        super().__init__(name="hparam-search-starter", daemon=True)
-        self.launcher, self.count = launcher, count
-        self.error: BaseException | None = None
-
-    def start(self) -> None:
-        # Only forkserver blocks on start; fork must never run beside another thread (a lock
-        # held there, such as the import lock, would stay locked in the child forever).
-        if self.launcher.plan.start_method == "forkserver":
-            super().start()
-        else:
-            self.run()
-
-    def run(self) -> None:
-        try:
-            for rank in range(self.count):
-                self.launcher._start(rank, generation=0)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by finish()
-            self.error = exc
-
-    def join(self, timeout: float | None = None) -> None:
-        if self.ident is not None:
-            super().join(timeout)
-
-    def finish(self) -> None:
-        self.join()
-        if self.error is not None:
-            raise self.error
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str | None]) -> Iterator[None]:
-    """Set environment variables (None: leave as is) for the block, then restore them."""
-    before = {name: os.environ.get(name) for name, value in values.items() if value is not None}
-    for name, value in values.items():
-        if value is not None:
-            os.environ[name] = value
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

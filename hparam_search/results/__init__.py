@@ -10,7 +10,7 @@ from .tables import (EXPORT_FORMATS, LOG_ATTR, best_config, export, format_of,
 
 __all__ = [
     "DEFAULT_DIR", "EXPORT_FORMATS", "LOG_ATTR", "TRIAL_DIR_ATTR", "StudyReader", "StudyRef",
-    "TrialRecord", "artifact_store", "best_config", "copy_artifacts", "trial_artifacts", "export", "format_of", "format_table", "resolve", "rows",
-    "run_fixed", "storage_url_of", "study_folder", "study_names", "summary", "trial_config",
-    "varying_config",
+    "TrialRecord", "artifact_store", "best_config", "copy_artifacts", "export", "format_of",
+    "format_table", "resolve", "rows", "run_fixed", "storage_url_of", "study_folder",
+    "study_names", "summary", "trial_artifacts", "trial_config", "varying_config",
 ]

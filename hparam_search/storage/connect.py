@@ -82,8 +82,8 @@ def open_storage(url: str, *, create: bool) -> Any:
     except ImportError as exc:
         raise HparamSearchError(f"no database driver for this storage URL ({exc})",
                                 source=mask_secrets(url), key="storage",
-                                fix="Install the driver, e.g. pip install 'hparam-search[postgres]'."
-                                ) from exc
+                                fix="Install the driver, e.g. pip install "
+                                    "'hparam-search[postgres]'.") from exc
     except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, RuntimeError) as exc:
         raise HparamSearchError(f"cannot open the study storage: {driver_message(exc)}",
                                 source=mask_secrets(url),

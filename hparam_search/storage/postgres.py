@@ -16,7 +16,8 @@ from typing import Any
 
 import sqlalchemy
 
-from .fast import FastStorage, _Cursor
+from .fast import FastStorage
+from .sql import Cursor
 
 
 class FastPostgresStorage(FastStorage):
@@ -31,14 +32,14 @@ class FastPostgresStorage(FastStorage):
         engine_kwargs.setdefault("poolclass", sqlalchemy.pool.StaticPool)
         super().__init__(url, engine_kwargs=engine_kwargs, **kwargs)
 
-    def _lock_trial(self, cur: _Cursor, trial_id: int) -> tuple[str, int] | None:
+    def _lock_trial(self, cur: Cursor, trial_id: int) -> tuple[str, int] | None:
         return cur.one("SELECT state, study_id FROM trials WHERE trial_id = ? FOR UPDATE",
                        trial_id)
 
-    def _lock_study(self, cur: _Cursor, study_id: int) -> None:
+    def _lock_study(self, cur: Cursor, study_id: int) -> None:
         cur.one("SELECT pg_advisory_xact_lock(?)", advisory_key(f"study:{study_id}"))
 
-    def _stale_among(self, cur: _Cursor, trial_ids: list[int], grace: float) -> list[int]:
+    def _stale_among(self, cur: Cursor, trial_ids: list[int], grace: float) -> list[int]:
         if not trial_ids:
             return []
         rows = cur.all(f"SELECT trial_id FROM trial_heartbeats WHERE trial_id IN "

@@ -1,0 +1,73 @@
+"""The SQL both fast-path dialects share: a cursor that takes ``?`` placeholders whatever the
+driver's style, the upserts of a trial's values and attributes, and how stored enums and
+distributions read back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna import distributions
+
+MAX_IDS = 900  # ids per IN (...) list: below SQLite's bound-variable limit
+
+
+def upsert(table: str, keys: str, columns: str, update: str) -> str:
+    """An INSERT that updates the row already there (SQLite and PostgreSQL share the form)."""
+    marks = ", ".join("?" * (len(keys.split(", ")) + len(columns.split(", "))))
+    sets = ", ".join(f"{c} = excluded.{c}" for c in update.split(", "))
+    return (f"INSERT INTO {table} ({keys}, {columns}) VALUES ({marks}) "
+            f"ON CONFLICT ({keys}) DO UPDATE SET {sets}")
+
+
+SET_ATTR = {t: upsert(t, "trial_id, key", "value_json", "value_json")
+             for t in ("trial_user_attributes", "trial_system_attributes")}
+SET_VALUE = upsert("trial_values", "trial_id, objective", "value, value_type",
+                     "value, value_type")
+BEAT = ("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?, CURRENT_TIMESTAMP) "
+         "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = CURRENT_TIMESTAMP")
+SET_INTER = upsert("trial_intermediate_values", "trial_id, step",
+                     "intermediate_value, intermediate_value_type",
+                     "intermediate_value, intermediate_value_type")
+
+
+class Cursor:
+    """A driver cursor that takes ``?`` placeholders whatever the driver's style."""
+
+    def __init__(self, cur: Any, translate: Any, returning: bool = True) -> None:
+        self._cur, self._translate, self._returning = cur, translate, returning
+
+    def run(self, sql: str, *args: Any) -> int:
+        self._cur.execute(self._translate(sql), args)
+        return self._cur.rowcount
+
+    def insert(self, sql: str, *args: Any) -> int:
+        """Run an INSERT into ``trials``; the new trial_id."""
+        if not self._returning:  # SQLite before 3.35
+            self._cur.execute(self._translate(sql), args)
+            return self._cur.lastrowid
+        self._cur.execute(self._translate(sql + " RETURNING trial_id"), args)
+        return self._cur.fetchone()[0]
+
+    def one(self, sql: str, *args: Any) -> tuple | None:
+        self._cur.execute(self._translate(sql), args)
+        return self._cur.fetchone()
+
+    def all(self, sql: str, *args: Any) -> list[tuple]:
+        self._cur.execute(self._translate(sql), args)
+        return self._cur.fetchall()
+
+
+_DISTRIBUTIONS: dict[str, distributions.BaseDistribution] = {}
+
+
+def distribution_of(text: str) -> distributions.BaseDistribution:
+    """Distributions parsed once per process: a study has a handful of distinct ones."""
+    found = _DISTRIBUTIONS.get(text)
+    if found is None:
+        found = _DISTRIBUTIONS[text] = distributions.json_to_distribution(text)
+    return found
+
+
+def enum_name(value: Any) -> str:
+    """An enum column as its name (SQLite gives text; other drivers may give an enum)."""
+    return value.name if hasattr(value, "name") else str(value)

@@ -126,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         quiet_stdout()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: the shell's convention, no traceback
+        print(file=sys.stderr)
+        return 130
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -192,9 +195,12 @@ def _show(args: argparse.Namespace) -> int:
             runs = ["run", *varying] if varying else []
             retried = ["retry_of", "attempt"] if any(r["retry_of"] is not None
                                                      for r in table) else []
+            # Where each trial ran, for a study run as a Slurm job array.
+            cluster = ["slurm_job", "slurm_task", "slurm_node"] if any(
+                "slurm_job" in row for row in table) else []
             columns = ["number", *(["state"] if by_state else []), *values, *params, *runs,
                        *retried, *(["why"] if by_state else []), "duration_s", "worker",
-                       "log_file"]
+                       *cluster, "log_file"]
             print(rp.format_table(table, columns))
     return 0
 

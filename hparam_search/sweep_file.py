@@ -28,7 +28,13 @@ def read_sweep_file(path: Path, params: tuple[ParamSpec, ...], fixed: Mapping[st
     by_name = {p.name: p for p in params}
     known_fixed = flatten(dict(fixed))
     entries = []
-    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HparamSearchError(f"enqueue_file: cannot be read ({exc})", source=where[0],
+                                line=where[1], key="enqueue_file", got=str(path),
+                                fix="Name a readable UTF-8 text file of JSON lines.") from exc
+    for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
@@ -61,6 +67,10 @@ def _parameter_of(key: str, by_name: Mapping[str, ParamSpec], fixed: Mapping[str
                   shown: str, line: int) -> str | None:
     if key in by_name:
         return key
+    from .settings import SETTINGS
+
+    if key in fixed or key.split(".", 1)[0] in SETTINGS:
+        return None  # a fixed value or a study setting (a whole config, from --dry-run --jsonl)
     last = key.rsplit(".", 1)[-1]
     candidates = sorted(n for n in by_name if n == last or n.rsplit(".", 1)[-1] == last)
     if len(candidates) == 1:
@@ -69,10 +79,6 @@ def _parameter_of(key: str, by_name: Mapping[str, ParamSpec], fixed: Mapping[str
         raise HparamSearchError(f"'{key}' could be any of {', '.join(candidates)}", source=shown,
                                 line=line, key=key,
                                 fix="Write the sweep parameter's full (dotted) name as the key.")
-    from .settings import SETTINGS
-
-    if key in fixed or key.split(".", 1)[0] in SETTINGS:
-        return None  # a fixed value or a study setting (a whole config, from --dry-run --jsonl)
     raise HparamSearchError("is not a sweep parameter", source=shown, line=line, key=key,
                             fix=f"Sweep parameters: {', '.join(by_name) or 'none'}.")
 

@@ -99,8 +99,13 @@ def read_plan(script: Path, passed: list[str]) -> dict[str, Any]:
     them, with exit code 2)."""
     if not script.is_file():
         raise ConfigMistake(f"no script {script}", fix="Pass the path of your training script.")
-    done = subprocess.run([sys.executable, str(script), "--plan-json", *passed],
-                          capture_output=True, text=True, cwd=script.parent, timeout=600)
+    try:
+        done = subprocess.run([sys.executable, str(script), "--plan-json", *passed],
+                              capture_output=True, text=True, cwd=script.parent, timeout=600)
+    except subprocess.TimeoutExpired as exc:
+        raise HparamSearchError(f"{script.name} took more than 10 minutes to resolve its "
+                                "config (--plan-json)",
+                                fix="Check what the script does at import time.") from exc
     if done.returncode != 0:
         said = done.stderr.strip().removeprefix("error: ") or f"exit code {done.returncode}"
         raise ConfigMistake(said) if done.returncode == 2 else HparamSearchError(said)

@@ -112,6 +112,20 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _slurm(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a Slurm command; a controller that does not answer is one line, not a traceback."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise HparamSearchError(f"{Path(cmd[0]).name} did not answer within {timeout:g}s",
+                                fix="Check that Slurm's controller is up (sinfo), then try "
+                                    "again.") from exc
+    except OSError as exc:
+        raise HparamSearchError(f"cannot run {cmd[0]}: {exc.strerror or exc}",
+                                fix="Run this on a Slurm login node (or load Slurm's "
+                                    "module).") from exc
+
+
 # -- the job script ------------------------------------------------------------------------
 def signal_lead(stop_grace: float) -> int:
     """Seconds before its time limit that a task is asked to stop (``--signal=B:TERM@N``):
@@ -161,8 +175,7 @@ def submit(script: Path) -> str:
     if sbatch is None:
         raise HparamSearchError("sbatch is not on PATH",
                                 fix="Run this on a Slurm login node (or load Slurm's module).")
-    done = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True,
-                          timeout=120)
+    done = _slurm([sbatch, "--parsable", str(script)], timeout=120)
     if done.returncode != 0:
         said = " ".join((done.stderr or done.stdout).split()) or f"exit code {done.returncode}"
         raise SchedulerRefused(f"sbatch refused the job: {said}",
@@ -225,8 +238,8 @@ def queue(job_ids: Sequence[str]) -> list[ArrayTask]:
     squeue = shutil.which("squeue")
     if squeue is None or not job_ids:
         return []
-    done = subprocess.run([squeue, "-h", "-r", "-j", ",".join(job_ids), "-o", "%F|%K|%T|%M|%R"],
-                          capture_output=True, text=True, timeout=60)
+    done = _slurm([squeue, "-h", "-r", "-j", ",".join(job_ids), "-o", "%F|%K|%T|%M|%R"],
+                  timeout=60)
     if done.returncode != 0:  # every job already purged: "Invalid job id specified"
         return []
     tasks = []
@@ -248,16 +261,15 @@ def cancel(job_id: str, wait_s: float) -> str:
     before = queue([job_id])
     pending = [t for t in before if t.state == "PENDING"]
     running = [t for t in before if t.state in ("RUNNING", "CONFIGURING", "COMPLETING")]
-    subprocess.run([scancel, "--state=PENDING", job_id], capture_output=True, timeout=60)
+    _slurm([scancel, "--state=PENDING", job_id], timeout=60)
     if running:
-        subprocess.run([scancel, "--batch", "--signal=TERM", job_id], capture_output=True,
-                       timeout=60)
+        _slurm([scancel, "--batch", "--signal=TERM", job_id], timeout=60)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and any(
                 t.state in ("RUNNING", "COMPLETING") for t in queue([job_id])):
             time.sleep(0.5)  # squeue is the only way to see the tasks leave
     left = [t for t in queue([job_id]) if t.state not in ("COMPLETED", "CANCELLED")]
-    subprocess.run([scancel, job_id], capture_output=True, timeout=60)
+    _slurm([scancel, job_id], timeout=60)
     parts = []
     if running:
         stopped = len(running) - len([t for t in left if t.state == "RUNNING"])

@@ -1,2 +1,4 @@
-"""Running a search: the launcher (launcher.py) supervises worker processes, each worker
-(worker.py) loops over trials, each trial (trial.py) calls train once."""
+"""Running a search: the launcher (launcher.py) supervises worker processes from a validated
+plan (plan.py), starting the first ones beside its own start-up (starting.py) and handling
+signals (signals.py); each worker (worker.py) loops over trials, capturing their output
+(capture.py); each trial (trial.py) calls train once."""

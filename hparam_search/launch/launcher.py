@@ -181,17 +181,26 @@ class Launcher:
         return True
 
     def _fail_dead(self, pids: set[int] | None, reason: str) -> list[int]:
-        """Mark FAIL the trials of these (or of dead) processes on this host; end their
-        tracking runs. Returns their numbers."""
-        failed = st.fail_trials_of(self.storage, st.study_id(self.study), pids, reason)
-        if failed and self.tracking is not None:
-            from ..tracking import TrialSinks
-
-            if self._sinks is None:
-                self._sinks = TrialSinks(self.tracking)
-            self._sinks.end_interrupted(
-                [self.storage.get_trial(st.trial_id(t)) for t in failed])
+        """Mark FAIL the trials of these (or of dead) processes on this host and, with
+        ``pids=None``, those whose heartbeat stopped (a host lost: while every worker here waits
+        for the last slots, no claim would find them); end their tracking runs. Returns their
+        numbers."""
+        sid = st.study_id(self.study)
+        failed = st.fail_trials_of(self.storage, sid, pids, reason)
+        if pids is None:
+            failed += [self.storage.get_trial(t) for t in st.fail_stale(self.storage, sid)]
+        self._end_runs([st.trial_id(t) for t in failed], "FAIL")
         return [t.number for t in failed]
+
+    def _end_runs(self, trial_ids: list[int], state: str) -> None:
+        """End the tracking runs of trials this process ended from outside their worker."""
+        if not trial_ids or self.tracking is None:
+            return
+        from ..tracking import TrialSinks
+
+        if self._sinks is None:
+            self._sinks = TrialSinks(self.tracking)
+        self._sinks.end_interrupted([self.storage.get_trial(t) for t in trial_ids], state)
 
     def _check_against_previous_runs(self) -> None:
         """Before anything is written: a search space the stored trials cannot take is an
@@ -222,7 +231,7 @@ class Launcher:
         return st.state_counts(self.storage, st.study_id(self.study))
 
     # -- workers -------------------------------------------------------------------------
-    def _start(self, rank: int, generation: int) -> None:
+    def start_worker(self, rank: int, generation: int) -> None:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         spec = _worker.WorkerSpec(
             script=str(self.plan.script), module=self.plan.module, qualname=self.plan.qualname,
@@ -356,6 +365,7 @@ class Launcher:
                     self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
                 except RuntimeError:  # it finished in the meantime
                     continue
+                self._end_runs([trial_id], "PRUNED")
                 self._drain(slot)
                 params = self.storage.get_trial(trial_id).params
                 result = TrialResult(number, "PRUNED", None, params, time.monotonic()
@@ -371,7 +381,7 @@ class Launcher:
         code = slot.process.exitcode
         if slot.timed_out or code == _worker.EXIT_RECYCLE:
             if self.accepting and not self.timed_out_search:
-                self._start(slot.rank, slot.generation + 1)  # a fresh process for the slot
+                self.start_worker(slot.rank, slot.generation + 1)  # a fresh process for the slot
             return
         if code == _worker.EXIT_DONE or not self.accepting:
             return
@@ -402,7 +412,7 @@ class Launcher:
             self._terminate_live()
             return
         self.out.line(f"starting a replacement for worker {slot.rank}")
-        self._start(slot.rank, slot.generation + 1)
+        self.start_worker(slot.rank, slot.generation + 1)
 
     def _restart_if_short(self) -> bool:
         """All workers left but the budget is not met: a trial failed after the others had found
@@ -422,7 +432,7 @@ class Launcher:
             if free > 0:
                 generation = max(s.generation for s in self.slots) + 1
                 for rank in range(min(self.cfg.n_jobs, free)):
-                    self._start(rank, generation)
+                    self.start_worker(rank, generation)
                 return True
             time.sleep(RECHECK_S)
         return False
@@ -484,6 +494,7 @@ class Launcher:
             export(table, target.suffix.lstrip(".").lower(), partial)
             os.replace(partial, target)
         except Exception as exc:  # noqa: BLE001 - the study itself is safe
+            partial.unlink(missing_ok=True)
             self.out.line(f"warning: could not write {display_path(target)} ({exc})")
 
     def _summary(self, headline: str, wall_s: float) -> None:

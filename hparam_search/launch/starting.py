@@ -7,13 +7,16 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .launcher import Launcher
 
 
 class Starter(threading.Thread):
     """Starts the first workers beside the main thread, which meanwhile opens the study."""
 
-    def __init__(self, launcher: Any, count: int) -> None:
+    def __init__(self, launcher: Launcher, count: int) -> None:
         super().__init__(name="hparam-search-starter", daemon=True)
         self.launcher, self.count = launcher, count
         self.error: BaseException | None = None
@@ -29,7 +32,7 @@ class Starter(threading.Thread):
     def run(self) -> None:
         try:
             for rank in range(self.count):
-                self.launcher._start(rank, generation=0)
+                self.launcher.start_worker(rank, generation=0)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread by finish()
             self.error = exc
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import storage as st
 from ..errors import HparamSearchError
 from ..space import ParamSpec, merge_params, suggest
-from .. import storage as st
 from ..storage.counts import ERROR_ATTR, PRUNE_REASON_ATTR
 
 if TYPE_CHECKING:

@@ -1,8 +1,9 @@
 """Worker process: open the study from its URL and run trials while the budget has room.
 
 Spawn target; no argv, no YAML. Talks to the launcher through one pipe:
-worker -> launcher: ("ready",), ("trial", TrialResult), ("fatal", message), ("done",)
-launcher -> worker: ("go",) or ("quit",)
+worker -> launcher: ("ready",), ("start", ...) when a trial starts, ("out", text) for its
+output, ("trial", TrialResult), ("fatal", message), ("done",)
+launcher -> worker: ("go", {settings decided after start}) or ("quit",)
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .. import storage as st
 from ..errors import HparamSearchError
 from ..sampling import PrunerSpec, SamplerSpec, build_pruner, build_sampler
 from ..space import ParamSpec
-from . import capture as _capture, signals, trial as _trial
+from . import capture as _capture
+from . import signals
+from . import trial as _trial
 
 EXIT_DONE = 0
 EXIT_FATAL = 3  # a message explaining why was sent first
@@ -137,6 +140,11 @@ def _main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None
         _loop(spec, study, storage, train, conn, state)
     except _Recycle:
         _leave(EXIT_RECYCLE)
+    except (_trial.Interrupted, KeyboardInterrupt, EOFError, BrokenPipeError):
+        # Stopped by the launcher, or the launcher is gone (before the catch-all below: EOFError
+        # and BrokenPipeError are Exceptions): give the slot back and leave.
+        state.fail_current("interrupted: the search was stopped")
+        _leave(EXIT_INTERRUPTED)
     except HparamSearchError as exc:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher may be stopping us already
         _send(conn, ("fatal", str(exc)))
@@ -151,10 +159,6 @@ def _main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None
             message += "\n" + traceback.format_exc()
         _send(conn, ("fatal", message))
         _leave(EXIT_FATAL)
-    except (_trial.Interrupted, KeyboardInterrupt, EOFError, BrokenPipeError):
-        # Stopped by the launcher, or the launcher is gone: give the slot back and leave.
-        state.fail_current("interrupted: the search was stopped")
-        _leave(EXIT_INTERRUPTED)
     _send(conn, ("done",))
     _leave(EXIT_DONE)
 

@@ -4,7 +4,6 @@ takes."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -43,9 +42,10 @@ def budget_lock(url: str, study_name: str, via: Any = None) -> Iterator[None]:
         return
     import sqlalchemy
 
+    from .postgres import advisory_key  # the same key as the fast path's session lock
+
     engine = getattr(via, "engine", via)
-    key = int.from_bytes(hashlib.sha256(f"hparam_search:{study_name}".encode()).digest()[:8],
-                         "big", signed=True)
+    key = advisory_key(study_name)
     dialect = engine.dialect.name
     with engine.connect() as conn:
         if dialect == "postgresql":

@@ -103,51 +103,59 @@ class Claims:
         return Claimed(trial_id, self._retried)
 
     def _claim(self, study_id: int, request: ClaimRequest) -> FrozenTrial:
-        n_trials, attrs, retries = request.n_trials, request.attrs, request.retries
-        check_stale, stale_reason = request.check_stale, request.stale_reason
+        n_trials, check_stale = request.n_trials, request.check_stale
         with self._write() as cur:
             self._lock_study(cur, study_id)
             tally = self._tally(cur, study_id)
             if check_stale and tally.running:
-                self._fail_stale(cur, tally, stale_reason)
-            if tally.finished + tally.running >= n_trials:
-                raise BudgetSpent()
-            if retries > 0 and tally.failed and self._settled.get(study_id) != tally.failed:
-                failed = self._next_retry(cur, study_id, retries)
-                if failed is None:
-                    self._settled[study_id] = tally.failed
-                else:
-                    template = rt.retry_template(failed, attrs)
-                    trial_id, number = self._insert_template(cur, study_id, template)
-                    extra = self._user_attrs(cur, trial_id, number, failed, request)
-                    template.user_attrs.update(extra)
-                    tally.open[trial_id] = "RUNNING"
-                    tally.max_id = max(tally.max_id, trial_id)
-                    self._retried = failed
-                    frozen = copy.deepcopy(template)
-                    frozen.number, frozen._trial_id = number, trial_id
-                    return frozen
-            now = datetime.datetime.now()
-            for waiting in tally.waiting():
-                taken = cur.run("UPDATE trials SET state = 'RUNNING', datetime_start = ? WHERE "
-                                "trial_id = ? AND state = 'WAITING'", self._stamp(now), waiting)
-                tally.open.pop(waiting, None)
-                if taken == 1:
-                    tally.open[waiting] = "RUNNING"
-                    self._write_attrs(cur, "trial_system_attributes", waiting, attrs)
-                    number = cur.one("SELECT number FROM trials WHERE trial_id = ?", waiting)[0]
-                    self._user_attrs(cur, waiting, number, None, request)
-                    return self._read(cur, "trial_id = ?", [waiting])[0]
-            trial_id, number, start = self._insert_running(cur, study_id)
-            tally.open[trial_id] = "RUNNING"
-            tally.max_id = max(tally.max_id, trial_id)
-            self._write_attrs(cur, "trial_system_attributes", trial_id, attrs)
-            extra = self._user_attrs(cur, trial_id, number, None, request)
-            return FrozenTrial(
-                number=number, state=TrialState.RUNNING, value=None, values=None,
-                datetime_start=start, datetime_complete=None, params={}, distributions={},
-                user_attrs=extra, system_attrs=dict(attrs), intermediate_values={},
-                trial_id=trial_id)
+                self._fail_stale(cur, tally, request.stale_reason)
+            if tally.finished + tally.running < n_trials:
+                return self._take(cur, study_id, tally, request)
+        # Raised after the commit: trials failed above for a stale heartbeat stay failed, as
+        # the tally and stale_failed already say.
+        raise BudgetSpent()
+
+    def _take(self, cur: Cursor, study_id: int, tally: Tally, request: ClaimRequest
+              ) -> FrozenTrial:
+        """Within the claim's transaction: a retry of an interrupted configuration, else a
+        WAITING trial, else a new one."""
+        attrs, retries = request.attrs, request.retries
+        if retries > 0 and tally.failed and self._settled.get(study_id) != tally.failed:
+            failed = self._next_retry(cur, study_id, retries)
+            if failed is None:
+                self._settled[study_id] = tally.failed
+            else:
+                template = rt.retry_template(failed, attrs)
+                trial_id, number = self._insert_template(cur, study_id, template)
+                extra = self._user_attrs(cur, trial_id, number, failed, request)
+                template.user_attrs.update(extra)
+                tally.open[trial_id] = "RUNNING"
+                tally.max_id = max(tally.max_id, trial_id)
+                self._retried = failed
+                frozen = copy.deepcopy(template)
+                frozen.number, frozen._trial_id = number, trial_id
+                return frozen
+        now = datetime.datetime.now()
+        for waiting in tally.waiting():
+            taken = cur.run("UPDATE trials SET state = 'RUNNING', datetime_start = ? WHERE "
+                            "trial_id = ? AND state = 'WAITING'", self._stamp(now), waiting)
+            tally.open.pop(waiting, None)
+            if taken == 1:
+                tally.open[waiting] = "RUNNING"
+                self._write_attrs(cur, "trial_system_attributes", waiting, attrs)
+                number = cur.one("SELECT number FROM trials WHERE trial_id = ?", waiting)[0]
+                self._user_attrs(cur, waiting, number, None, request)
+                return self._read(cur, "trial_id = ?", [waiting])[0]
+        trial_id, number, start = self._insert_running(cur, study_id)
+        tally.open[trial_id] = "RUNNING"
+        tally.max_id = max(tally.max_id, trial_id)
+        self._write_attrs(cur, "trial_system_attributes", trial_id, attrs)
+        extra = self._user_attrs(cur, trial_id, number, None, request)
+        return FrozenTrial(
+            number=number, state=TrialState.RUNNING, value=None, values=None,
+            datetime_start=start, datetime_complete=None, params={}, distributions={},
+            user_attrs=extra, system_attrs=dict(attrs), intermediate_values={},
+            trial_id=trial_id)
 
     def _user_attrs(self, cur: Cursor, trial_id: int, number: int,
                     retried: FrozenTrial | None, request: ClaimRequest) -> dict[str, Any]:

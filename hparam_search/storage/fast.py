@@ -11,7 +11,8 @@ other databases) goes through Optuna's own code.
 The SQL is written once for SQLite and PostgreSQL (sql.py); a small dialect (sqlite.py,
 postgres.py) supplies what differs: placeholders, the write lock, timestamps, the connection.
 This module holds the connection, the transactions, the study reads and the trial writes; the
-trial reads are in trial_reads.py, and ``claim``, this package's own operation, in claim.py.
+trial reads are in trial_reads.py, and ``claim`` (this package's own operation) with the
+heartbeats in claim.py.
 """
 
 from __future__ import annotations
@@ -33,11 +34,9 @@ from optuna.storages._rdb import models
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from .claim import BudgetSpent, Claimed, ClaimRequest, Claims, Tally
+from .claim import ClaimRequest, Claims, Tally
 from .sql import SET_ATTR, SET_INTER, SET_VALUE, Cursor, enum_name
 from .trial_reads import TrialReads
-
-__all__ = ["BudgetSpent", "Claimed", "Cursor", "FastStorage"]
 
 
 class FastStorage(Claims, TrialReads, RDBStorage):
@@ -248,6 +247,9 @@ class FastStorage(Claims, TrialReads, RDBStorage):
             return self._claim(study_id, self._pending)
         with self._write() as cur:
             self._study_exists(cur, study_id)
+            # Under the claims' lock: numbers stay unique, and a claim never misses a WAITING
+            # trial added beside it (its tally reads only ids above those it has seen).
+            self._lock_study(cur, study_id)
             if template_trial is None:
                 trial_id, number, start = self._insert_running(cur, study_id)
                 self._write_attrs(cur, "trial_system_attributes", trial_id, self.new_trial_attrs)

@@ -3,8 +3,9 @@
 One small interface, one module per sink (mlflow.py, tensorboard.py). The launcher prepares
 each configured sink once per run (``prepare``: the MLflow experiment and the study's parent
 run); every worker opens ``TrialSinks`` and tells them when a trial starts, reports a step and
-ends; whoever marks an interrupted trial FAIL ends its runs (``end_interrupted``). A sink that
-fails says so once and is switched off for that process: tracking never stops a search.
+ends; whoever ends a trial from outside its worker (an interrupted one marked FAIL, one stopped
+by trial_timeout) ends its runs (``end_interrupted``). A sink that fails says so once and is
+switched off for that process: tracking never stops a search.
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ class TrialSinks:
     def finish(self, result: Any, extra: dict[str, float]) -> None:
         self._each("finish", result, extra)
 
-    def end_interrupted(self, trials: list[Any]) -> None:
-        """End the runs of trials that were marked FAIL because their process was lost."""
-        self._each("end_interrupted", trials)
+    def end_interrupted(self, trials: list[Any], state: str = "FAIL") -> None:
+        """End the runs of trials stopped from outside their worker: marked FAIL because their
+        process was lost, or PRUNED by ``trial_timeout``."""
+        self._each("end_interrupted", trials, state)

@@ -151,7 +151,9 @@ class MlflowTrials:
                   sorted(flatten(config).items())]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
             self.client.log_batch(self.run_id, params=params[start:start + 100])
-        return {"hparam_search:mlflow_run": self.run_id}
+        from . import RUN_ID_ATTR
+
+        return {RUN_ID_ATTR: self.run_id}
 
     def report(self, value: float, step: int) -> None:
         if self.run_id is not None:
@@ -180,12 +182,17 @@ class MlflowTrials:
             self.client.set_tag(run_id, "reason", result.reason[:5000])
         self.client.set_terminated(run_id, status=_status(result.state, result.pruned_by))
 
-    def end_interrupted(self, trials: list[Any]) -> None:
+    def end_interrupted(self, trials: list[Any], state: str) -> None:
+        from ..storage.attrs import FAIL_REASON_ATTR
+        from ..storage.counts import PRUNE_REASON_ATTR
+        from . import RUN_ID_ATTR
+
         for trial in trials:
-            run_id = trial.system_attrs.get("hparam_search:mlflow_run")
+            run_id = trial.system_attrs.get(RUN_ID_ATTR)
             if run_id:
-                self.client.set_tag(run_id, "state", "FAIL")
-                reason = trial.system_attrs.get("fail_reason")
+                self.client.set_tag(run_id, "state", state)
+                reason = trial.system_attrs.get(FAIL_REASON_ATTR) or \
+                    trial.user_attrs.get(PRUNE_REASON_ATTR)
                 if reason:
                     self.client.set_tag(run_id, "reason", str(reason)[:5000])
                 self.client.set_terminated(run_id, status="KILLED")

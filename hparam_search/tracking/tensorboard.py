@@ -70,7 +70,7 @@ class TensorBoardTrials:
             events, self.events = self.events, None
             events.close()
 
-    def end_interrupted(self, trials: list[Any]) -> None:
+    def end_interrupted(self, trials: list[Any], state: str) -> None:
         pass  # a killed trial's folder holds what it reported; nothing more to write
 
 

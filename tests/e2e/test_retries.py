@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import optuna
@@ -361,6 +362,40 @@ def test_postgres_launcher_killed_with_its_group_is_retried_by_the_next(
     with open_study(resolve_storage(postgres_url, project.root), "exp_pgretry") as study:
         states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
+
+
+def test_postgres_a_lost_host_s_trial_in_the_last_slot_is_retried_by_a_waiting_launcher(
+        project: UserProject, postgres_url: str) -> None:
+    """The study's last slot is held by a trial of another host that then goes silent: this
+    launcher's workers find no room and leave; the launcher, waiting for the slot, fails the
+    trial once its heartbeat is stale and retries it, rather than wait forever."""
+    from hparam_search.storage import OWNER_ATTR, resolve_storage
+
+    record = setup(project, storage=postgres_url, tag="pglost", n_trials=1, epochs=2)
+    env = {"HPARAM_SEARCH_HEARTBEAT_GRACE": "3"}
+    assert project.run(env=env).returncode == 0
+    url = resolve_storage(postgres_url, project.root)
+    with open_study(url, "exp_pglost") as study:
+        lost = study.ask()
+        lost.suggest_float("x", -2.0, 2.0)
+        study._storage.set_trial_system_attr(lost._trial_id, OWNER_ATTR, {
+            "host": "another-host", "pid": 4242, "started": None, "rank": 0})
+        # A beat now: fresh when the workers look, stale 3 s later.
+        with warnings.catch_warnings():  # heartbeat_interval is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=1)
+        try:
+            storage.record_heartbeat(lost._trial_id)
+        finally:
+            storage.engine.dispose()
+    result = project.run("--set", "n_trials=2", env=env, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"RETRY of trial {lost.number}" in result.stdout
+    retry = next(a for a in attempts(record) if a["retry_of"] == lost.number)
+    assert retry["params"] == {"x": lost.params["x"]}
+    with open_study(url, "exp_pglost") as study:
+        states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -127,6 +127,14 @@ def test_an_array_of_three_tasks_runs_exactly_n_trials(
     assert export.returncode == 0, export.stderr
     header = (project.root / "t.csv").read_text().splitlines()[0].split(",")
     assert {"slurm_job", "slurm_task", "slurm_node"} <= set(header)
+    shown = subprocess.run([sys.executable, "-m", "hparam_search.cli", "show",
+                            st.resolve_storage(database, project.root) + "#exp_t"],
+                           cwd=project.root, env=project.env(), capture_output=True, text=True,
+                           timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    table = shown.stdout.split("\ntop ", 1)[1].splitlines()
+    assert table[1].split()[-4:-1] == ["slurm_job", "slurm_task", "slurm_node"]
+    assert all(f" {job} " in row for row in table[2:] if row.strip())
     # The budget is spent: a second submission's tasks exit at once, exit code 0.
     again = job_of(hs(project, slurm_cluster, "submit", "script.py"))
     wait_done(slurm_cluster, again)

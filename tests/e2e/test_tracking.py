@@ -27,6 +27,8 @@ def train(config):
     x = config["x"]
     if x > 1.5:
         raise ValueError("x too large")
+    if x == config.get("hang_x"):  # stopped by trial_timeout
+        time.sleep(600)
     for step in range(3):
         report((x - 1) ** 2 + 1.0 / (step + 1), step)
     marker = config.get("die_marker")
@@ -64,7 +66,8 @@ def mlflow_runs(project: UserProject, experiment: str = "exp_t") -> tuple[object
 
 
 def test_every_trial_is_a_nested_mlflow_run(project: UserProject) -> None:
-    make(project, die_marker=str(project.root / "died"))
+    make(project, die_marker=str(project.root / "died"), hang_x=0.25, trial_timeout=6,
+         enqueue=[{"x": 1.8}, {"x": -1.9}, {"x": 1.0}, {"x": 0.5}, {"x": 0.25}])
     result = project.run(timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning" not in result.stdout + result.stderr
@@ -96,6 +99,12 @@ def test_every_trial_is_a_nested_mlflow_run(project: UserProject) -> None:
             assert run.info.status == "FAILED" and "x too large" in tags["reason"]
         if trial.user_attrs.get("prune_reason", "").startswith("stopped by"):
             assert run.info.status == "KILLED"
+    # The trial stopped by trial_timeout: the launcher ended its run KILLED, with the reason.
+    timed_out = next(t for t in trials.values() if t.params["x"] == 0.25)
+    assert timed_out.state.name == "PRUNED"
+    run = children[timed_out.number]
+    assert run.info.status == "KILLED" and run.data.tags["state"] == "PRUNED"
+    assert run.data.tags["reason"] == "timeout: still running after 6s"
     # The trial whose worker was killed: its run was ended KILLED; its retry says so.
     killed = next(t for t in trials.values() if t.state.name == "FAIL")
     assert children[killed.number].info.status == "KILLED"

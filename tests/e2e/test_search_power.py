@@ -192,14 +192,14 @@ def test_several_objectives(project: UserProject, returns: str, metrics: list | 
     assert result.returncode == 0, result.stderr
     with project.study() as study:
         directions, trials, names = study.directions, study.trials, study.metric_names
+        front = {t.number for t in study.best_trials}
     assert [d.name for d in directions] == ["MINIMIZE", "MAXIMIZE"]
     for t in trials:
         assert t.values == pytest.approx([(t.params["x"] - 1) ** 2, abs(t.params["x"])])
     if metrics:
         assert names == metrics
-        assert all(t.user_attrs["metric.extra"] == 7 for t in study.trials)
+        assert all(t.user_attrs["metric.extra"] == 7 for t in trials)
     assert "Pareto front (minimize, maximize):" in result.stdout
-    front = {t.number for t in study.best_trials}
     for number in front:
         assert f"  trial {number}: values=[" in result.stdout
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import yaml
 
 from ._yaml import DuplicateKey, load_with_lines
-from .errors import COMMAND_LINE, HparamSearchError
+from .errors import COMMAND_LINE, HparamSearchError, fail_at
 from .overrides import Override, apply_overrides, parse_override
 from .cluster.slurm import SlurmSpec, parse_slurm
 from .sampling import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler
@@ -223,9 +224,7 @@ def _explicit(data: dict[str, Any], settings: dict[str, Any], params: tuple[Para
               sampler: SamplerSpec, locate: Locate, from_file: tuple[dict[str, Any], ...] = ()
               ) -> tuple[dict[str, Any], ...]:
     """The grid's points or the enqueue list (and file); fills in n_trials for a grid."""
-    def fail(key: str, problem: str, got: Any = _MISSING, fix: str | None = None) -> None:
-        src, line = locate(key)
-        raise HparamSearchError(problem, source=src, key=key, line=line, got=got, fix=fix)
+    fail = functools.partial(fail_at, locate)
 
     n_trials = settings["n_trials"]
     if sampler.type == "grid":

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
 
 COMMAND_LINE = "command line"
 
@@ -71,3 +72,10 @@ def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> s
     if not close:
         return ""
     return "Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def fail_at(locate: Callable[[str], tuple[str, int | None]], key: str, problem: str,
+            got: Any = HparamSearchError._MISSING, fix: str | None = None) -> NoReturn:
+    """Raise the error for ``key``, at the file and line ``locate`` finds it in."""
+    source, line = locate(key)
+    raise HparamSearchError(problem, source=source, key=key, line=line, got=got, fix=fix)

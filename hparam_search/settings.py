@@ -3,11 +3,12 @@ defaults and checks. Does not import optuna."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
 
-from .errors import HparamSearchError, did_you_mean
+from .errors import HparamSearchError, did_you_mean, fail_at
 
 SWEEP_KEY = "sweep_parameters"
 DIRECTIONS = ("minimize", "maximize")
@@ -56,9 +57,7 @@ STOP_GRACE_S = 2.5  # the default: the whole stop stays under 3 s
 
 def validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, int | None]]
                        ) -> dict[str, Any]:
-    def fail(key: str, problem: str, got: Any = _MISSING, fix: str | None = None) -> None:
-        src, line = locate(key)
-        raise HparamSearchError(problem, source=src, key=key, line=line, got=got, fix=fix)
+    fail = functools.partial(fail_at, locate)
 
     for key in data:
         if key not in SETTINGS and key != SWEEP_KEY:

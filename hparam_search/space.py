@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import HparamSearchError, did_you_mean
+from .errors import fail_at as _fail
 
 if TYPE_CHECKING:
     import optuna
@@ -237,12 +238,6 @@ def _is_number(value: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _fail(locate: Locate, key: str, problem: str, got: Any = HparamSearchError._MISSING,
-          fix: str | None = None) -> None:
-    source, line = locate(key)
-    raise HparamSearchError(problem, source=source, key=key, line=line, got=got, fix=fix)
 
 
 def check_against_study(params: tuple[ParamSpec, ...], stored: Mapping[str, Any], study: str,

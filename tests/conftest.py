@@ -180,6 +180,21 @@ def open_study(url: str, name: str) -> Iterator[Any]:
         storage.engine.dispose()
 
 
+@contextlib.contextmanager
+def read_only_folder(path: Path) -> Iterator[Path]:
+    """``path`` as a read-only filesystem (a small tmpfs mounted read-only), unmounted after;
+    a skip where mounting is not allowed (not root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(path)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a read-only filesystem here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> UserProject:
     p = UserProject(tmp_path / "proj")

@@ -11,6 +11,7 @@ exact across them.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import re
 import shlex
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import HparamSearchError, did_you_mean
+from ..errors import HparamSearchError, did_you_mean, fail_at
 
 Locate = Callable[[str], "tuple[str, int | None]"]
 KEYS = ("tasks", "partition", "time", "gpus_per_task", "cpus_per_task", "sbatch",
@@ -52,10 +53,7 @@ def parse_slurm(raw: Any, locate: Locate) -> SlurmSpec | None:
     if raw is None:
         return None
 
-    def fail(key: str, problem: str, got: Any = HparamSearchError._MISSING,
-             fix: str | None = None) -> None:
-        source, line = locate(key)
-        raise HparamSearchError(problem, source=source, key=key, line=line, got=got, fix=fix)
+    fail = functools.partial(fail_at, locate)
 
     if not isinstance(raw, Mapping):
         fail("slurm", "must be a mapping of Slurm settings", raw,

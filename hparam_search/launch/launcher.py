@@ -13,11 +13,10 @@ from typing import Any
 from .. import preflight
 from .. import storage as st
 from ..cluster import slurm
-from ..config import display_path
 from ..console import Console, Progress
 from ..errors import HparamSearchError
 from ..settings import THREAD_VARIABLES, cpu_count, threads_for_workers
-from . import signals
+from . import ending, signals
 from . import trial as _trial
 from . import worker as _worker
 from .plan import LaunchPlan, run_metadata
@@ -76,7 +75,7 @@ class Launcher:
         self.thread_env = {name: str(self.threads) for name in THREAD_VARIABLES
                            if name not in os.environ} if self.threads else {}
         self.slurm = slurm.owner_info()  # the job, array task and node, inside a Slurm job
-        self._next_results = time.monotonic() + self.cfg.progress_interval
+        self.next_results = time.monotonic() + self.cfg.progress_interval  # results_file
         self.tracking: Any = None  # tracking.Context, when tracking is on and reachable
         self._sinks: Any = None  # this process's own, to end the runs of lost trials
 
@@ -127,7 +126,7 @@ class Launcher:
                 signal.signal(sig, handler)
         if self.study is not None:
             try:
-                self._summary(headline, time.monotonic() - started)
+                ending.summarize(self, headline, time.monotonic() - started)
             except Exception as exc:  # noqa: BLE001 - never hide the real outcome behind this
                 self.out.line(f"{headline}; the summary could not be read ({exc}).")
         return code
@@ -146,7 +145,7 @@ class Launcher:
         if self.cfg.tracking.on:  # before trials of dead processes are failed: their runs end
             self.tracking = self._prepare_tracking()
         stale = self._fail_dead(None, "its process died (found when the search was resumed)")
-        self.done = self.done_at_start = st.finished(self._counts())
+        self.done = self.done_at_start = st.finished(self.counts())
         remaining = self.cfg.n_trials - self.done
         if remaining > 0:
             st.enqueue_once(self.study, self.cfg.explicit, self.plan.url)
@@ -227,7 +226,7 @@ class Launcher:
             return f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} (from your environment)"
         return f"{self.threads} per worker (OMP, MKL, OpenBLAS and torch threads)"
 
-    def _counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         return st.state_counts(self.storage, st.study_id(self.study))
 
     # -- workers -------------------------------------------------------------------------
@@ -273,8 +272,8 @@ class Launcher:
             ready = multiprocessing.connection.wait(waitables, timeout=tick)
             self.out.progress(self.progress)
             self._enforce_timeouts()
-            if self.plan.results_file and time.monotonic() >= self._next_results:
-                self._write_results()
+            if self.plan.results_file and time.monotonic() >= self.next_results:
+                ending.write_results_file(self)
             for slot in live:
                 if slot.conn in ready or slot.process.sentinel in ready:
                     self._drain(slot)
@@ -424,7 +423,7 @@ class Launcher:
             return False
         while self.accepting:
             self._fail_dead(None, "its process died while the search ran")
-            counts = self._counts()
+            counts = self.counts()
             remaining = self.cfg.n_trials - st.finished(counts)
             if remaining <= 0:
                 return False
@@ -477,46 +476,3 @@ class Launcher:
             except Exception as exc:  # noqa: BLE001 - storage down or full: the next run recovers
                 self.out.line(f"could not mark interrupted trials FAIL ({exc}); the next run "
                               "of this command will")
-
-    def _write_results(self) -> None:
-        """Rewrite results_file with every trial (the export's table), atomically: a reader
-        never sees half a file. A failure is said once per write and never stops the search."""
-        from ..results import StudyReader, export, rows
-
-        self._next_results = time.monotonic() + self.cfg.progress_interval
-        target = self.plan.results_file
-        partial = target.with_name(f".{target.name}.partial")
-        try:
-            with StudyReader(self.plan.url, self.cfg.study_name) as reader:
-                table = rows(reader)
-            if not table:
-                return
-            export(table, target.suffix.lstrip(".").lower(), partial)
-            os.replace(partial, target)
-        except Exception as exc:  # noqa: BLE001 - the study itself is safe
-            partial.unlink(missing_ok=True)
-            self.out.line(f"warning: could not write {display_path(target)} ({exc})")
-
-    def _summary(self, headline: str, wall_s: float) -> None:
-        counts = self._counts()
-        if self.plan.results_file:
-            self._write_results()
-        if self.tracking is not None:
-            from .. import tracking
-
-            tracking.end_study(self.tracking, st.finished(counts) >= self.cfg.n_trials,
-                               self.out.line)
-        if headline == "Search finished" and self.timed_out_search:
-            headline = f"Search stopped at its timeout ({self.cfg.timeout:g}s)"
-        elif headline == "Search finished" and st.finished(counts) < self.cfg.n_trials:
-            headline = "Search ended short of its budget"
-        from ..results import StudyReader
-
-        # A few queries, not every trial: a 50,000-trial study ends as fast as a small one.
-        with StudyReader(self.plan.url, self.cfg.study_name) as reader:
-            best = reader.best() if counts.get("COMPLETE") else []
-        kinds = st.pruned_kinds(self.storage, st.study_id(self.study))
-        self.out.summary(headline=headline, states=st.format_counts(counts, kinds), best=best,
-                         directions=self.cfg.directions, wall_s=wall_s,
-                         dashboard=st.dashboard_command(self.plan.url),
-                         resume=self.plan.resume_command, show=self.plan.show_command)

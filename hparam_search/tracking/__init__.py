@@ -10,12 +10,13 @@ switched off for that process: tracking never stops a search.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import HparamSearchError, did_you_mean
+from ..errors import did_you_mean, fail_at
 
 Locate = Callable[[str], "tuple[str, int | None]"]
 SINKS = {"mlflow": ("tracking_uri", "experiment"), "tensorboard": ("log_dir",)}
@@ -42,10 +43,7 @@ def parse_tracking(raw: Any, locate: Locate) -> TrackingSpec:
     if raw is None:
         return TrackingSpec()
 
-    def fail(key: str, problem: str, got: Any = HparamSearchError._MISSING,
-             fix: str | None = None) -> None:
-        source, line = locate(key)
-        raise HparamSearchError(problem, source=source, key=key, line=line, got=got, fix=fix)
+    fail = functools.partial(fail_at, locate)
 
     if not isinstance(raw, Mapping):
         fail("tracking", "must be a mapping of sinks", raw,

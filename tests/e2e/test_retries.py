@@ -17,8 +17,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import (UserProject, kill_group, open_study, pids_alive, wait_for,
-                            worker_pids)
+from tests.conftest import (UserProject, kill_group, open_study, pids_alive, read_only_folder,
+                            wait_for, worker_pids)
 
 # A 10-epoch train that checkpoints to trial.dir every epoch and records each attempt. It
 # hangs in epoch `hang_at` of the first attempt of trial 0 (writing `ready` with its pid), so a
@@ -433,19 +433,11 @@ def test_trial_dir_missing_parent_or_read_only(project: UserProject, tmp_path: P
     assert not project.db().exists()
     dry = project.run("--dry-run")  # checked in a dry run too
     assert dry.returncode == 2 and dry.stderr == result.stderr
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)],
-                          capture_output=True)
-    if made.returncode != 0:
-        pytest.skip("cannot mount a read-only filesystem here")
-    try:
+    with read_only_folder(tmp_path / "ro") as ro:
         setup(project, trial_dir=str(ro / "trials"))
         result = project.run()
         assert result.returncode == 2
         assert f"trial_dir: {ro} is not writable" in result.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
 
 
 def test_trial_dir_moves_the_folders(project: UserProject, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO, UserProject, wait_for
+from tests.conftest import REPO, UserProject, read_only_folder, wait_for
 
 SPACE = {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
          "optimizer": {"type": "categorical", "choices": ["Adam", "SGD"]},
@@ -132,18 +132,10 @@ def test_results_file_mistakes_are_found_before_anything_runs(project: UserProje
     result = project.run()
     assert result.returncode == 2 and f"its folder {tmp_path / 'missing'} does not exist" in \
         result.stderr
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)],
-                          capture_output=True)
-    if made.returncode != 0:
-        pytest.skip("cannot mount a read-only filesystem here")
-    try:
+    with read_only_folder(tmp_path / "ro") as ro:
         write(project, results_file=str(ro / "r.csv"))
         result = project.run()
         assert result.returncode == 2 and f"its folder {ro} is not writable" in result.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
     assert not project.db().exists()
 
 

@@ -4,14 +4,12 @@ down never stops a search."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import UserProject, wait_for
+from tests.conftest import UserProject
 
 mlflow = pytest.importorskip("mlflow")
 # MLflow's own store code (read back here) trips SQLAlchemy 2.1's deprecations.

@@ -381,7 +381,9 @@ def slurm_cluster(request: pytest.FixtureRequest) -> Iterator[SlurmCluster]:
     cluster: SlurmCluster | None = None
     reason = ""
     try:
-        cluster = SlurmCluster.start()
+        # KillWait 15 s (Slurm's default is 30): room for a launcher's stop_grace and its
+        # end-of-run summary on a loaded 2-core machine before SIGKILL.
+        cluster = SlurmCluster.start(kill_wait=15)
     except (SlurmStartError, OSError, subprocess.SubprocessError) as exc:
         reason = f"cannot start a Slurm test cluster: {exc}"
     if cluster is None:

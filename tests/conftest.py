@@ -98,12 +98,7 @@ class UserProject:
         return path
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.pop("HPARAM_SEARCH_DEBUG", None)
-        env.update(extra or {})
-        return env
+        return user_env(extra)
 
     def command(self, *args: str, script: Path | None = None) -> list[str]:
         return [sys.executable, str(script or self.script), *args]
@@ -165,6 +160,40 @@ class UserProject:
         for t in self.trials(study):
             out[t.state.name] = out.get(t.state.name, 0) + 1
         return out
+
+
+def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a user's script runs in: this checkout importable, output unbuffered."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("HPARAM_SEARCH_DEBUG", None)
+    env.update(extra or {})
+    return env
+
+
+def two_studies(root: Path, script: str, n_trials: int, *second: str,
+                **fixed: Any) -> UserProject:
+    """A git repository with ``script`` and two studies made by the real launcher: ``exp_t``
+    (one objective; x > 4 is an error, the first trial to see the die marker kills itself)
+    and ``exp_two`` (two objectives, ``loss`` and ``size``; ``second`` adds overrides)."""
+    project = UserProject(root)
+    project.write_script(body=script)
+    project.write_config({
+        "experiment_name": "exp", "tag": "t", "n_jobs": 2, "n_trials": n_trials, "seed": 0,
+        "n_startup_trials": n_trials, "fail_fast": 0, "die_marker": str(root / "died"),
+        **fixed, "enqueue": [{"x": 4.5, "y": 1}, {"x": 1.0, "y": 0}],
+        "sweep_parameters": {"x": {"type": "float", "low": -5.0, "high": 5.0},
+                             "y": {"type": "int", "low": 0, "high": 3}}})
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit",
+                    "-q", "--allow-empty", "-m", "init"], cwd=root, check=True)
+    for overrides in ((), ("tag=two", "two=true", "directions=[minimize, minimize]",
+                           "direction=null", "metrics=[loss, size]", "die_marker=null",
+                           *second)):
+        result = project.run(*(("--set", *overrides) if overrides else ()))
+        assert result.returncode == 0, result.stdout + result.stderr
+    return project
 
 
 @contextlib.contextmanager

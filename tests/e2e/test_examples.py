@@ -19,7 +19,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import REPO, kill_group, needs_torch, pids_alive, wait_for
+from tests.conftest import REPO, kill_group, needs_torch, pids_alive, user_env, wait_for
 
 EXAMPLES = REPO / "examples"
 
@@ -31,17 +31,8 @@ def copy_example(name: str, tmp_path: Path) -> Path:
     return folder
 
 
-def example_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop("HPARAM_SEARCH_DEBUG", None)
-    env.update(extra or {})
-    return env
-
-
 def run(folder: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], check=False, cwd=folder, env=example_env(),
+    return subprocess.run([sys.executable, *args], check=False, cwd=folder, env=user_env(),
                           capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
@@ -129,7 +120,7 @@ def test_pytorch_example_retry_resumes_from_the_checkpoint(tmp_path: Path) -> No
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "train.py"], cwd=folder, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=example_env({"EXAMPLE_PAUSE_PID_FILE": str(pid_file)}),
+                                env=user_env({"EXAMPLE_PAUSE_PID_FILE": str(pid_file)}),
                                 start_new_session=True)
     worker = None
     try:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import UserProject, open_study
+from tests.conftest import UserProject, open_study, two_studies
 from tests.e2e.test_dashboard import ARTIFACTS, CHROMIUM_FLAGS, chromium
 from tests.e2e.test_results import cli
 
@@ -52,23 +52,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> UserProject:
     ten completed, and a two-objective one, in a git repository; both plotted."""
     root = tmp_path_factory.mktemp("report") / "proj"
     root.mkdir()
-    project = UserProject(root)
-    project.write_script(body=SCRIPT)
-    project.write_config({
-        "experiment_name": "exp", "tag": "t", "n_jobs": 2, "n_trials": 15, "seed": 0,
-        "n_startup_trials": 15, "fail_fast": 0, "die_marker": str(root / "died"),
-        "note": NOTE, "enqueue": [{"x": 4.5, "y": 1}, {"x": 1.0, "y": 0}],
-        "sweep_parameters": {"x": {"type": "float", "low": -5.0, "high": 5.0},
-                             "y": {"type": "int", "low": 0, "high": 3}}})
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit",
-                    "-q", "--allow-empty", "-m", "init"], cwd=root, check=True)
-    result = project.run()
-    assert result.returncode == 0, result.stdout + result.stderr
-    result = project.run("--set", "tag=two", "two=true", "directions=[minimize, minimize]",
-                         "direction=null", "metrics=[loss, size]", "die_marker=null",
-                         "n_trials=10")
-    assert result.returncode == 0, result.stdout + result.stderr
+    project = two_studies(root, SCRIPT, 15, "n_trials=10", note=NOTE)
     for study in ("exp_t", "exp_two"):
         result = cli("plot", study, "-o", str(root / "plots" / study), cwd=root)
         assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import UserProject
+from tests.conftest import UserProject, two_studies
 
 # Prints to both streams; a marker file makes one trial kill its own worker (a FAIL trial).
 SCRIPT = '''
@@ -59,22 +59,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> UserProject:
     two objectives, in a git repository."""
     root = tmp_path_factory.mktemp("results") / "proj"
     root.mkdir()
-    project = UserProject(root)
-    project.write_script(body=SCRIPT)
-    project.write_config({
-        "experiment_name": "exp", "tag": "t", "n_jobs": 2, "n_trials": 12, "seed": 0,
-        "n_startup_trials": 12, "fail_fast": 0, "die_marker": str(root / "died"),
-        "enqueue": [{"x": 4.5, "y": 1}, {"x": 1.0, "y": 0}],
-        "sweep_parameters": {"x": {"type": "float", "low": -5.0, "high": 5.0},
-                             "y": {"type": "int", "low": 0, "high": 3}}})
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit",
-                    "-q", "--allow-empty", "-m", "init"], cwd=root, check=True)
-    result = project.run()
-    assert result.returncode == 0, result.stdout + result.stderr
-    result = project.run("--set", "tag=two", "two=true", "directions=[minimize, minimize]",
-                         "direction=null", "metrics=[loss, size]", "die_marker=null")
-    assert result.returncode == 0, result.stdout + result.stderr
+    project = two_studies(root, SCRIPT, 12)
     return project
 
 

@@ -24,15 +24,17 @@ from __future__ import annotations
 import argparse
 import collections
 import io
+import os
 import pstats
 import re
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _bench import (RESULTS, env_with_repo, launcher_config, machine, make_project,
+from _bench import (REPO, RESULTS, env_with_repo, launcher_config, machine, make_project,
                     markdown_table, spawn, state_counts, write_config, write_json)
 
 SITECUSTOMIZE = '''
@@ -161,8 +163,19 @@ def profile_top(folder: Path, main_pid: int, top: int) -> tuple[str, list[dict[s
     for func, (_cc, nc, tt, ct, _callers) in sorted(table.items(),
                                                     key=lambda kv: -kv[1][3])[:top]:
         entries.append({"function": f"{Path(func[0]).name}:{func[1]}({func[2]})",
-                        "file": func[0], "ncalls": nc, "tottime_s": tt, "cumtime_s": ct})
-    return text.getvalue(), entries
+                        "file": without_prefixes(func[0]), "ncalls": nc, "tottime_s": tt,
+                        "cumtime_s": ct})
+    return without_prefixes(text.getvalue()), entries
+
+
+def without_prefixes(text: str) -> str:
+    """Paths as ``site-packages/...``, ``hparam_search/...`` or relative to the standard library,
+    so saved results carry no machine's folders."""
+    for prefix, short in ((sysconfig.get_paths()["purelib"] + os.sep, "site-packages/"),
+                          (sysconfig.get_paths()["stdlib"] + os.sep, ""),
+                          (str(REPO) + os.sep, ""), (tempfile.gettempdir() + os.sep, "<tmp>/")):
+        text = text.replace(prefix, short)
+    return text
 
 
 def run(root: Path, peer: str, mode: str, trials: int, sampler: str, n_jobs: int

@@ -12,5 +12,7 @@ args=("$@")
 if [ ${#args[@]} -eq 0 ]; then
   args=(--workloads W1,W2 --n-jobs W1=1,2 W2=1,2 W2cpu=1,2 --sleep 1.0 --trials W2=32)
 fi
-PROJECT_DIR="$here/.." python3 "$bench/run.py" --peers project,optuna-sqlite,optuna-journal \
-  "${args[@]}" --out "$here/results/harness.json" --md "$here/results/harness.md"
+# Paths relative to the repository: the harness records its command line in the results.
+cd "$here/.."
+PROJECT_DIR="$(pwd)" python3 "$bench/run.py" --peers project,optuna-sqlite,optuna-journal \
+  "${args[@]}" --out benchmarks/results/harness.json --md benchmarks/results/harness.md

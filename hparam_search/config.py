@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,15 +10,13 @@ from typing import Any
 import yaml
 
 from ._yaml import DuplicateKey, load_with_lines
-from .errors import COMMAND_LINE, HparamSearchError, fail_at
+from .errors import COMMAND_LINE, HparamSearchError, Locate, fail_at
 from .overrides import Override, apply_overrides, parse_override
 from .cluster.slurm import SlurmSpec, parse_slurm
 from .sampling import PrunerSpec, SamplerSpec, parse_pruner, parse_sampler
 from .settings import SETTINGS, SWEEP_KEY, validate_settings
 from .tracking import TrackingSpec, parse_tracking
 from .space import ParamSpec, check_explicit, grid_points, looks_like_spec, parse_sweep
-
-_MISSING = HparamSearchError._MISSING
 
 
 @dataclass(frozen=True)
@@ -66,8 +63,7 @@ class SearchConfig:
     resolved: dict[str, Any] = field(default_factory=dict, hash=False)  # the YAML after --set
     # Where a dotted key came from (file and line, or the --set that changed it), for errors
     # found after loading, such as a search space the stored study cannot take.
-    locate: Callable[[str], tuple[str, int | None]] | None = field(
-        default=None, hash=False, compare=False, repr=False)
+    locate: Locate | None = field(default=None, hash=False, compare=False, repr=False)
 
     def where(self, key: str) -> tuple[str, int | None]:
         return self.locate(key) if self.locate else (display_path(self.path), None)
@@ -251,9 +247,6 @@ def _explicit(data: dict[str, Any], settings: dict[str, Any], params: tuple[Para
     return entries
 
 
-Locate = Callable[[str], "tuple[str, int | None]"]
-
-
 def _locator(source: str, lines: dict[str, int], overrides: list[Override]) -> Locate:
     def locate(key: str) -> tuple[str, int | None]:
         for ov in reversed(overrides):
@@ -269,8 +262,7 @@ def _locator(source: str, lines: dict[str, int], overrides: list[Override]) -> L
     return locate
 
 
-def _check_collisions(params: tuple[ParamSpec, ...], fixed: dict[str, Any],
-                      locate: Callable[[str], tuple[str, int | None]],
+def _check_collisions(params: tuple[ParamSpec, ...], fixed: dict[str, Any], locate: Locate,
                       overrides: list[Override]) -> None:
     for p in params:
         node: Any = fixed

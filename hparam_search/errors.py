@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 COMMAND_LINE = "command line"
+# Where a config key came from: (file or "command line", line number or None).
+Locate = Callable[[str], "tuple[str, int | None]"]
 
 
 class HparamSearchError(Exception):
@@ -74,7 +76,7 @@ def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> s
     return "Did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
-def fail_at(locate: Callable[[str], tuple[str, int | None]], key: str, problem: str,
+def fail_at(locate: Locate, key: str, problem: str,
             got: Any = HparamSearchError._MISSING, fix: str | None = None) -> NoReturn:
     """Raise the error for ``key``, at the file and line ``locate`` finds it in."""
     source, line = locate(key)

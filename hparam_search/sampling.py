@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import HparamSearchError, did_you_mean
+from .errors import Locate, did_you_mean
+from .errors import fail_at as _fail
 
-Locate = Callable[[str], tuple[str, "int | None"]]
 
 SAMPLERS = {
     "tpe": "TPESampler",
@@ -178,9 +178,3 @@ def _parameters(class_name: str, module: str) -> set[str]:
     cls = getattr(getattr(optuna, module), class_name)
     return {name for name, p in inspect.signature(cls.__init__).parameters.items()
             if name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-
-
-def _fail(locate: Locate, key: str, problem: str, got: Any = HparamSearchError._MISSING,
-          fix: str | None = None) -> None:
-    source, line = locate(key)
-    raise HparamSearchError(problem, source=source, key=key, line=line, got=got, fix=fix)

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
 from typing import Any
 
-from .errors import HparamSearchError, did_you_mean, fail_at
+from .errors import Locate, did_you_mean, fail_at
 
 SWEEP_KEY = "sweep_parameters"
 DIRECTIONS = ("minimize", "maximize")
 START_METHODS = ("spawn", "forkserver", "fork")
 MAX_FILE_NAME = 255  # bytes, on Linux and macOS filesystems
-_MISSING = HparamSearchError._MISSING
 
 # name -> (required, default). The checks themselves are in validate_settings.
 SETTINGS: dict[str, tuple[bool, Any]] = {
@@ -55,8 +53,7 @@ RESULTS_FORMATS = ("parquet", "csv", "jsonl")
 STOP_GRACE_S = 2.5  # the default: the whole stop stays under 3 s
 
 
-def validate_settings(data: dict[str, Any], locate: Callable[[str], tuple[str, int | None]]
-                       ) -> dict[str, Any]:
+def validate_settings(data: dict[str, Any], locate: Locate) -> dict[str, Any]:
     fail = functools.partial(fail_at, locate)
 
     for key in data:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import HparamSearchError, did_you_mean
+from .errors import HparamSearchError, Locate, did_you_mean
 from .errors import fail_at as _fail
 
 if TYPE_CHECKING:
     import optuna
 
 # locate(dotted_key) -> (source, line): where a key came from, for error messages.
-Locate = Callable[[str], tuple[str, "int | None"]]
 
 PARAM_TYPES = ("float", "int", "categorical")
 _FIELDS = {

@@ -18,14 +18,13 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import HparamSearchError, did_you_mean, fail_at
+from ..errors import HparamSearchError, Locate, did_you_mean, fail_at
 
-Locate = Callable[[str], "tuple[str, int | None]"]
 KEYS = ("tasks", "partition", "time", "gpus_per_task", "cpus_per_task", "sbatch",
         "nodes_share_sqlite")
 JOBS_ATTR = "hparam_search:slurm_jobs"  # study system attribute: every submission

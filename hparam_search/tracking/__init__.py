@@ -16,9 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import did_you_mean, fail_at
+from ..errors import Locate, did_you_mean, fail_at
 
-Locate = Callable[[str], "tuple[str, int | None]"]
 SINKS = {"mlflow": ("tracking_uri", "experiment"), "tensorboard": ("log_dir",)}
 EXTRAS = {"mlflow": ("mlflow", "hparam-search[mlflow]"),
           "tensorboard": ("tensorboardX", "hparam-search[tensorboard]")}

@@ -15,11 +15,11 @@ from . import results as rp
 from .config import display_path
 from .console import quiet_stdout
 from .errors import HparamSearchError
+from .storage import STATES
 
 EXIT_USAGE = 2
 STUDY_HELP = ("a .db or journal file, a study name found in ./optuna_studies, or a storage URL "
               "(add #NAME when it holds several studies)")
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
 def build_parser() -> argparse.ArgumentParser:

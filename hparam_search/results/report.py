@@ -18,6 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from ..storage import STATES
 from .reader import StudyReader
 
 TOP_N = 10
@@ -27,7 +28,6 @@ MONO_STACK = ('ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono",
               '"DejaVu Sans Mono", monospace')
 # Restrained: one accent and greys; figures keep Optuna's own colour scales.
 COLORWAY = ["#2563eb", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#64748b"]
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 # Per kind of chart: (heading, how to read it, takes the whole row). A ``{target}`` in the
 # text is the objective the plot shows.

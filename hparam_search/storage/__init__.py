@@ -8,8 +8,8 @@ from .attrs import (FAIL_REASON_ATTR, OWNER_ATTR, RUN_ATTR, RUN_ATTR_OF_TRIAL, R
                     trial_id)
 from .budget import budget_lock
 from .connect import close_storage, failure_message, is_storage_error, open_storage
-from .counts import (claimed, count_pruned_kinds, finished, format_counts, pruned_kind,
-                     pruned_kinds, state_counts)
+from .counts import (STATES, claimed, count_pruned_kinds, finished, format_counts,
+                     pruned_kind, pruned_kinds, state_counts)
 from .recovery import Owner, fail_stale, fail_trial, fail_trials_of, heartbeat
 from .retries import (FAILED_TRIAL_ATTR, NO_RETRY_ATTR, RETRY_HISTORY_ATTR, TRIAL_DIR_ATTR,
                       RetryPlanner, attempt_of, optuna_trial, retry_of)
@@ -20,7 +20,7 @@ from .urls import (JOURNAL_PREFIX, dashboard_command, describe, is_database, jou
 
 __all__ = [
     "FAILED_TRIAL_ATTR", "FAIL_REASON_ATTR", "JOURNAL_PREFIX", "NO_RETRY_ATTR", "OWNER_ATTR",
-    "RETRY_HISTORY_ATTR", "RUNS_ATTR", "RUN_ATTR", "RUN_ATTR_OF_TRIAL", "TRIAL_DIR_ATTR",
+    "RETRY_HISTORY_ATTR", "RUNS_ATTR", "RUN_ATTR", "RUN_ATTR_OF_TRIAL", "STATES", "TRIAL_DIR_ATTR",
     "Owner", "RetryPlanner", "attempt_of", "budget_lock", "claimed", "close_storage",
     "count_pruned_kinds", "create_or_load_study", "dashboard_command", "describe",
     "enqueue_once", "fail_stale", "fail_trial", "fail_trials_of", "failure_message",

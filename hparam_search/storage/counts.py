@@ -9,6 +9,8 @@ ERROR_ATTR = "error"  # user attribute: the exception (or bad value) that pruned
 PRUNE_REASON_ATTR = "prune_reason"
 TIMEOUT_PREFIX = "timeout"
 PRUNED_KINDS = ("pruner", "error", "timeout")
+# Trial states in the order every command and page lists them.
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
 def state_counts(storage: Any, study_id: int) -> dict[str, int]:
@@ -82,7 +84,7 @@ def count_pruned_kinds(trials: Iterable[Any]) -> dict[str, int]:
 def format_counts(counts: dict[str, int], kinds: dict[str, int] | None = None) -> str:
     """``COMPLETE 7, PRUNED 8 (pruner) + 2 (error), FAIL 1``."""
     parts = []
-    for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"):
+    for state in STATES:
         n = counts.get(state, 0)
         if not n:
             continue

@@ -311,46 +311,70 @@ def kill_group(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
         pass
 
 
+class PostgresServer:
+    """A real PostgreSQL server (Debian's package) in a temporary folder, on a free port."""
+
+    def __init__(self, bin_dir: Path, root: Path, port: int, prefix: list[str]) -> None:
+        self.bin_dir, self.root, self.port, self.prefix = bin_dir, root, port, prefix
+        self.data = root / "data"
+        # A password that trust authentication ignores (to check masking).
+        self.url = f"postgresql://postgres:s3cret@127.0.0.1:{port}/hs"
+
+    def _run(self, *cmd: str) -> None:
+        subprocess.run([*self.prefix, *cmd], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections (pg_ctl -w)."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-w", "-l",
+                  str(self.root / "server.log"), "-o",
+                  f"-p {self.port} -k {self.root / 'sock'} -c listen_addresses=127.0.0.1 "
+                  "-c max_connections=200", "start")
+
+    def stop(self) -> None:
+        """Stop it as an administrator would for a restart: every session is ended at once."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop")
+
+
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory):
-    """A real PostgreSQL server (Debian's package), started for the test session on a free
-    port; its URL, with a password that trust authentication ignores (to check masking)."""
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the test session, with a database `hs`."""
     import glob
     import shutil
     import socket
+    import tempfile
 
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     if not bins:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is not installed; .ci/run installs it")
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
-    import tempfile
-
-    bin_dir = Path(bins[-1])
     # Not under pytest's temporary folders: those are private to root, and the server runs as
     # the postgres user.
     root = Path(tempfile.mkdtemp(prefix="hparam-search-pg-"))
-    data, sockets = root / "data", root / "sock"
-    sockets.mkdir()
+    (root / "sock").mkdir()
     prefix: list[str] = []
     if os.geteuid() == 0:  # the server refuses to run as root
         shutil.chown(root, "postgres")
-        shutil.chown(sockets, "postgres")
+        shutil.chown(root / "sock", "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*prefix, *cmd], check=True, capture_output=True, timeout=120)
-
-    run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "server.log"), "-o",
-        f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200", "start")
+    server = PostgresServer(Path(bins[-1]), root, port, prefix)
+    server._run(str(server.bin_dir / "initdb"), "-D", str(server.data), "-U", "postgres",
+                "--auth=trust", "-E", "UTF8")
+    server.start()
     try:
-        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "hs")
-        yield f"postgresql://postgres:s3cret@127.0.0.1:{port}/hs"
+        server._run(str(server.bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                    "postgres", "hs")
+        yield server
     finally:
-        subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True, timeout=120)
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The session server's URL, with a password that trust authentication ignores."""
+    return postgres_server.url

@@ -22,6 +22,7 @@ import copy
 import datetime
 import json
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -37,6 +38,9 @@ from optuna.trial import FrozenTrial, TrialState
 from .claim import ClaimRequest, Claims, Tally
 from .sql import SET_ATTR, SET_INTER, SET_VALUE, Cursor, enum_name
 from .trial_reads import TrialReads
+
+# How long a lost database connection is tried again: a server restarting, a failover.
+RECONNECT_S = 60
 
 
 class FastStorage(Claims, TrialReads, RDBStorage):
@@ -117,42 +121,89 @@ class FastStorage(Claims, TrialReads, RDBStorage):
     def _raw(self) -> Iterator[Any]:
         """The driver connection, under this storage's lock (its heartbeat thread shares it)."""
         with self._lock, self.engine.connect() as conn:
-            yield conn.connection.driver_connection
+            try:
+                yield conn.connection.driver_connection
+            finally:
+                self._drop_if_lost(conn)
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[Cursor]:
+        """A cursor under this storage's lock, on a connection that is replaced when the
+        transaction's first statement finds it lost."""
+        with self._lock, self.engine.connect() as conn:
+            cur = Cursor(conn.connection.driver_connection.cursor(), self._sql, self.returning,
+                         reopen=lambda exc: self._reopen(conn, exc))
+            try:
+                yield cur
+            finally:
+                with contextlib.suppress(Exception):
+                    cur.close()
+                self._drop_if_lost(conn)
+
+    def _reopen(self, conn: Any, exc: BaseException) -> Any | None:
+        """A cursor on a new connection when ``exc`` came from a lost one, else None. A
+        server that is restarting is tried again for RECONNECT_S seconds."""
+        if conn.invalidated or not self._lost(conn.connection.driver_connection):
+            return None
+        conn.invalidate()
+        deadline, delay = time.monotonic() + RECONNECT_S, 0.1
+        while True:
+            try:
+                return conn.connection.driver_connection.cursor()
+            except Exception as again:  # noqa: BLE001 - sorted out just below
+                if not self._is_operational(again) or time.monotonic() + delay > deadline:
+                    raise StorageInternalError(
+                        f"the connection to the database was lost ({exc}) and a new one could "
+                        f"not be opened within {RECONNECT_S} s: {again}") from again
+            time.sleep(delay)
+            delay = min(2 * delay, 2.0)
+
+    def _drop_if_lost(self, conn: Any) -> None:
+        """Hand a lost connection back as invalid, so the next use opens a new one (and the
+        pool does not log a failed reset)."""
+        if not conn.invalidated and self._lost(conn.connection.driver_connection):
+            conn.invalidate()
+
+    def _rollback(self, raw: Any) -> None:
+        try:
+            raw.rollback()
+        except Exception:
+            if not self._lost(raw):  # a lost connection's transaction is gone already
+                raise
 
     @contextlib.contextmanager
     def _read_cursor(self) -> Iterator[Cursor]:
-        with self._raw() as raw:
-            cur = raw.cursor()
+        with self._cursor() as cur:
             try:
-                yield Cursor(cur, self._sql, self.returning)
+                yield cur
             finally:
-                cur.close()
-                raw.rollback()  # end the read transaction (a snapshot, on PostgreSQL)
+                self._rollback(cur.connection)  # end the read transaction (a snapshot)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Cursor]:
         """One write transaction that holds the dialect's write lock from its first statement,
         so a check and the write that depends on it cannot be separated by another process."""
-        with self._raw() as raw:
-            cur = raw.cursor()
+        with self._cursor() as cur:
             try:
                 self._begin_write(cur)
-                yield Cursor(cur, self._sql, self.returning)
+                yield cur
             except BaseException as exc:
-                raw.rollback()
-                cur.close()
+                self._rollback(cur.connection)
                 if self._is_operational(exc):
                     raise StorageInternalError(f"the database failed: {exc}") from exc
                 raise
             try:
-                raw.commit()
+                cur.connection.commit()
             except Exception as exc:  # noqa: BLE001 - the driver's error, as Optuna reports it
                 raise StorageInternalError(f"the commit failed: {exc}") from exc
-            finally:
-                cur.close()
 
-    def _begin_write(self, cur: Any) -> None:
+    def _begin_write(self, cur: Cursor) -> None:
         """Start a transaction that holds the write lock (dialect)."""
+
+    @staticmethod
+    def _lost(raw: Any) -> bool:
+        """Whether this driver connection is gone (dialect: a server's can be; a file's not)."""
+        return False
 
     def _lock_trial(self, cur: Cursor, trial_id: int) -> tuple[str, int] | None:
         """(state, study_id) of a trial, locked against other writers until commit."""

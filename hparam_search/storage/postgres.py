@@ -48,6 +48,11 @@ class FastPostgresStorage(FastStorage):
         return [r[0] for r in rows]
 
     @staticmethod
+    def _lost(raw: Any) -> bool:
+        # A server restart, a failover or an idle-session timeout ends the session.
+        return bool(raw.closed or raw.broken)
+
+    @staticmethod
     def _is_operational(exc: BaseException) -> bool:
         import psycopg
 

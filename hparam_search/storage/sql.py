@@ -4,6 +4,7 @@ distributions read back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from optuna import distributions
@@ -31,29 +32,56 @@ SET_INTER = upsert("trial_intermediate_values", "trial_id, step",
 
 
 class Cursor:
-    """A driver cursor that takes ``?`` placeholders whatever the driver's style."""
+    """A driver cursor that takes ``?`` placeholders whatever the driver's style.
 
-    def __init__(self, cur: Any, translate: Any, returning: bool = True) -> None:
+    With ``reopen``, a transaction whose first statement finds the connection lost (the
+    server restarted, or ended an idle session) runs on a new connection instead: nothing
+    has happened in it yet, so nothing is done twice. ``reopen(exc)`` returns a cursor on a
+    new connection, or None when ``exc`` is not a lost connection."""
+
+    def __init__(self, cur: Any, translate: Any, returning: bool = True,
+                 reopen: Callable[[BaseException], Any] | None = None) -> None:
         self._cur, self._translate, self._returning = cur, translate, returning
+        self._reopen = reopen
+        self._started = False
+
+    @property
+    def connection(self) -> Any:
+        """The driver connection the transaction runs on (a new one after a reopen)."""
+        return self._cur.connection
+
+    def close(self) -> None:
+        self._cur.close()
+
+    def _execute(self, sql: str, args: tuple) -> None:
+        try:
+            self._cur.execute(self._translate(sql), args)
+        except Exception as exc:
+            fresh = None if self._started or self._reopen is None else self._reopen(exc)
+            if fresh is None:
+                raise
+            self._cur = fresh
+            self._cur.execute(self._translate(sql), args)
+        self._started = True
 
     def run(self, sql: str, *args: Any) -> int:
-        self._cur.execute(self._translate(sql), args)
+        self._execute(sql, args)
         return self._cur.rowcount
 
     def insert(self, sql: str, *args: Any) -> int:
         """Run an INSERT into ``trials``; the new trial_id."""
         if not self._returning:  # SQLite before 3.35
-            self._cur.execute(self._translate(sql), args)
+            self._execute(sql, args)
             return self._cur.lastrowid
-        self._cur.execute(self._translate(sql + " RETURNING trial_id"), args)
+        self._execute(sql + " RETURNING trial_id", args)
         return self._cur.fetchone()[0]
 
     def one(self, sql: str, *args: Any) -> tuple | None:
-        self._cur.execute(self._translate(sql), args)
+        self._execute(sql, args)
         return self._cur.fetchone()
 
     def all(self, sql: str, *args: Any) -> list[tuple]:
-        self._cur.execute(self._translate(sql), args)
+        self._execute(sql, args)
         return self._cur.fetchall()
 
 

@@ -9,6 +9,7 @@ import sqlite3
 from typing import Any
 
 from .fast import FastStorage
+from .sql import Cursor
 
 
 class FastSQLiteStorage(FastStorage):
@@ -17,8 +18,8 @@ class FastSQLiteStorage(FastStorage):
     placeholder = "?"
     returning = sqlite3.sqlite_version_info >= (3, 35, 0)
 
-    def _begin_write(self, cur: Any) -> None:
-        cur.execute("BEGIN IMMEDIATE")
+    def _begin_write(self, cur: Cursor) -> None:
+        cur.run("BEGIN IMMEDIATE")
 
     @staticmethod
     def _is_operational(exc: BaseException) -> bool:

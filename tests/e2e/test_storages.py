@@ -11,7 +11,7 @@ import pytest
 
 from hparam_search import storage as st
 from hparam_search.errors import HparamSearchError
-from tests.conftest import UserProject
+from tests.conftest import PostgresServer, UserProject, wait_for
 
 
 def test_two_launchers_with_four_workers_each_share_one_postgres_study(
@@ -36,6 +36,58 @@ def test_two_launchers_with_four_workers_each_share_one_postgres_study(
         assert "s3cret" not in out
         assert "postgres:***@127.0.0.1" in out
     assert "s3cret" not in str(run)
+
+
+HELD = '''
+import time
+from pathlib import Path
+from hparam_search import hparam_search, current_trial
+
+
+@hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+def train(config):
+    flags, number = Path(config["flags"]), current_trial().number
+    (flags / f"started_{number}").touch()
+    deadline = time.monotonic() + 120
+    while not (flags / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (flags / f"done_{number}").touch()
+    return config["x"] ** 2
+
+
+if __name__ == "__main__":
+    train()
+'''
+
+
+def test_a_search_rides_out_a_postgresql_restart(project: UserProject,
+                                                 postgres_server: PostgresServer,
+                                                 tmp_path: Path) -> None:
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    project.write_script(body=HELD)
+    project.write_config(n_jobs=2, n_trials=4, storage=postgres_server.url, tag="restart",
+                         flags=str(flags))
+    search = project.popen()
+    try:
+        # Both workers inside train: every connection is idle when the server goes down.
+        wait_for(lambda: len(list(flags.glob("started_*"))) == 2, timeout=120)
+        postgres_server.stop()
+        (flags / "release").touch()
+        # Both trials have ended while the server is down: their results wait for it.
+        wait_for(lambda: len(list(flags.glob("done_*"))) == 2, timeout=60)
+    finally:
+        postgres_server.start()
+    out, _ = search.communicate(timeout=180)
+    assert search.returncode == 0, out
+    assert "Traceback" not in out and "error" not in out.lower(), out
+    storage = optuna.storages.RDBStorage(st.resolve_storage(postgres_server.url, project.root))
+    try:
+        trials = optuna.load_study(study_name="exp_restart", storage=storage).trials
+    finally:
+        storage.engine.dispose()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert all(t.value == t.params["x"] ** 2 for t in trials)
 
 
 def test_a_plain_postgresql_url_uses_the_installed_driver(tmp_path: Path) -> None:

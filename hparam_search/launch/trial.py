@@ -175,7 +175,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, train: Callable[[dict], 
     from optuna.trial import TrialState
 
     global _current, _optuna_trial, _last_step
-    values = suggest(trial, params)
+    with st.batched_writes(trial.storage):  # one transaction for every sampled value
+        values = suggest(trial, params)
     config = merge_params(fixed, values)
     _current = dataclasses.replace(info, number=trial.number, params=values)
     if on_start is not None:  # tracking: a run per trial, its id stored on the trial

@@ -4,7 +4,7 @@ trial_reads.py, sql.py). The package that writes Optuna's tables (results/reader
 them)."""
 
 from .attrs import (FAIL_REASON_ATTR, OWNER_ATTR, RUN_ATTR, RUN_ATTR_OF_TRIAL, RUNS_ATTR,
-                    frozen_of, replace_intermediate, set_user_attrs, study_id,
+                    batched_writes, frozen_of, replace_intermediate, set_user_attrs, study_id,
                     trial_id)
 from .budget import budget_lock
 from .connect import close_storage, failure_message, is_storage_error, open_storage
@@ -21,8 +21,8 @@ from .urls import (JOURNAL_PREFIX, dashboard_command, describe, is_database, jou
 __all__ = [
     "FAILED_TRIAL_ATTR", "FAIL_REASON_ATTR", "JOURNAL_PREFIX", "NO_RETRY_ATTR", "OWNER_ATTR",
     "RETRY_HISTORY_ATTR", "RUNS_ATTR", "RUN_ATTR", "RUN_ATTR_OF_TRIAL", "STATES", "TRIAL_DIR_ATTR",
-    "Owner", "RetryPlanner", "attempt_of", "budget_lock", "claimed", "close_storage",
-    "count_pruned_kinds", "create_or_load_study", "dashboard_command", "describe",
+    "Owner", "RetryPlanner", "attempt_of", "batched_writes", "budget_lock", "claimed",
+    "close_storage", "count_pruned_kinds", "create_or_load_study", "dashboard_command", "describe",
     "enqueue_once", "fail_stale", "fail_trial", "fail_trials_of", "failure_message",
     "finished", "format_counts", "frozen_of", "heartbeat", "is_database", "is_storage_error",
     "journal_path", "mask_secrets", "open_storage", "optuna_trial", "pruned_kind",

@@ -3,7 +3,8 @@ Optuna's private ids."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, ContextManager
 
 # Trial system attributes.
 OWNER_ATTR = "hparam_search:owner"  # {host, pid, started, rank}: who runs the trial
@@ -51,3 +52,11 @@ def set_user_attrs(storage: Any, trial_id: int, values: dict[str, Any]) -> None:
         return
     for key, value in values.items():
         storage.set_trial_user_attr(trial_id, key, value)
+
+
+def batched_writes(storage: Any) -> ContextManager[None]:
+    """The writes this thread makes to trials in the block (sampled parameters, the sampler's
+    attributes) in one transaction, where the storage is the fast path; as they come
+    elsewhere."""
+    batched = getattr(getattr(storage, "_backend", storage), "batched", None)
+    return batched() if batched is not None else contextlib.nullcontext()

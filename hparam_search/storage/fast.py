@@ -79,6 +79,9 @@ class FastStorage(Claims, TrialReads, RDBStorage):
         self._pending: ClaimRequest | None = None  # a claim under way (see claim)
         self._retried: FrozenTrial | None = None
         self.stale_failed: list[int] = []  # trials the last claim failed for a lost heartbeat
+        # Trial writes held back by batched(), and the thread whose writes are held back.
+        self._queued: list[tuple] = []
+        self._batching: int | None = None
 
     # -- Optuna internals this class replaces ------------------------------------------------
     @property
@@ -129,7 +132,11 @@ class FastStorage(Claims, TrialReads, RDBStorage):
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[Cursor]:
         """A cursor under this storage's lock, on a connection that is replaced when the
-        transaction's first statement finds it lost."""
+        transaction's first statement finds it lost. The writes batched() holds back go first
+        when this is their thread (to other threads they have not happened yet)."""
+        with self._lock:
+            if self._queued and self._batching == threading.get_ident():
+                self._flush()
         with self._lock, self.engine.connect() as conn:
             cur = Cursor(conn.connection.driver_connection.cursor(), self._sql, self.returning,
                          reopen=lambda exc: self._reopen(conn, exc))
@@ -174,10 +181,18 @@ class FastStorage(Claims, TrialReads, RDBStorage):
     @contextlib.contextmanager
     def _read_cursor(self) -> Iterator[Cursor]:
         with self._cursor() as cur:
+            self._begin_read(cur.connection)
             try:
                 yield cur
             finally:
-                self._rollback(cur.connection)  # end the read transaction (a snapshot)
+                self._end_read(cur.connection)
+
+    def _begin_read(self, raw: Any) -> None:
+        """Before reads (dialect): SQLite's driver opens no transaction for a SELECT."""
+
+    def _end_read(self, raw: Any) -> None:
+        """After reads: end whatever transaction they opened."""
+        self._rollback(raw)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Cursor]:
@@ -366,18 +381,70 @@ class FastStorage(Claims, TrialReads, RDBStorage):
     def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                          distribution: distributions.BaseDistribution,
                          previous_distribution: distributions.BaseDistribution | None) -> None:
+        self._trial_write(("param", trial_id, param_name, param_value_internal, distribution,
+                           previous_distribution))
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Parameters and attributes this thread writes to trials in the block are committed
+        together, in one transaction, before anything else is read or written (or when the
+        block ends). Sampling a trial's parameters is then one transaction instead of one per
+        parameter and attribute; a check that fails (a finished trial, a parameter of another
+        kind) raises where the writes are committed."""
+        with self._lock:
+            mine = self._batching is None  # else nested, or another thread's: writes go on
+            if mine:
+                self._batching = threading.get_ident()
+        if not mine:
+            yield
+            return
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                self._batching = None
+                with contextlib.suppress(Exception):  # the block's own error is the one to see
+                    self._flush()
+                self._queued.clear()
+            raise
+        with self._lock:
+            self._batching = None
+            self._flush()
+
+    def _trial_write(self, op: tuple) -> None:
+        """Write to a trial now, or queue the write while this thread is in batched()."""
+        with self._lock:
+            if self._batching == threading.get_ident():
+                self._queued.append(op)
+                return
+        self._run_writes([op])
+
+    def _flush(self) -> None:
+        ops, self._queued = self._queued, []
+        if ops:
+            self._run_writes(ops)
+
+    def _run_writes(self, ops: list[tuple]) -> None:
         with self._write() as cur:
-            study_id = self._updatable(cur, trial_id)
-            if previous_distribution is not None:
-                distributions.check_distribution_compatibility(previous_distribution,
-                                                               distribution)
-            else:
-                self._check_distribution(cur, study_id, param_name, distribution)
-            # A second write of a parameter is ignored, as Optuna's storage does.
-            cur.run("INSERT INTO trial_params (trial_id, param_name, param_value, "
-                    "distribution_json) VALUES (?, ?, ?, ?) ON CONFLICT (trial_id, param_name) "
-                    "DO NOTHING", trial_id, param_name, param_value_internal,
-                    distributions.distribution_to_json(distribution))
+            study_of: dict[int, int] = {}
+            for op in ops:
+                trial_id = op[1]
+                if trial_id not in study_of:
+                    study_of[trial_id] = self._updatable(cur, trial_id)
+                if op[0] == "param":
+                    _, _, name, value, distribution, previous = op
+                    if previous is not None:
+                        distributions.check_distribution_compatibility(previous, distribution)
+                    else:
+                        self._check_distribution(cur, study_of[trial_id], name, distribution)
+                    # A second write of a parameter is ignored, as Optuna's storage does.
+                    cur.run("INSERT INTO trial_params (trial_id, param_name, param_value, "
+                            "distribution_json) VALUES (?, ?, ?, ?) ON CONFLICT (trial_id, "
+                            "param_name) DO NOTHING", trial_id, name, value,
+                            distributions.distribution_to_json(distribution))
+                else:
+                    _, _, table, values = op
+                    self._write_attrs(cur, table, trial_id, values)
 
     def _check_distribution(self, cur: Cursor, study_id: int, name: str,
                             distribution: distributions.BaseDistribution) -> None:
@@ -450,9 +517,7 @@ class FastStorage(Claims, TrialReads, RDBStorage):
         self._set_attrs("trial_user_attributes", trial_id, values)
 
     def _set_attrs(self, table: str, trial_id: int, values: dict[str, Any]) -> None:
-        with self._write() as cur:
-            self._updatable(cur, trial_id)
-            self._write_attrs(cur, table, trial_id, values)
+        self._trial_write(("attrs", trial_id, table, dict(values)))
 
     def _updatable(self, cur: Cursor, trial_id: int) -> int:
         """Raise unless the trial exists and is not finished; return its study id."""

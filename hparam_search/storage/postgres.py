@@ -47,6 +47,23 @@ class FastPostgresStorage(FastStorage):
                        f"LOCALTIMESTAMP - ? * INTERVAL '1 second'", *trial_ids, float(grace))
         return [r[0] for r in rows]
 
+    def _begin_read(self, raw: Any) -> None:
+        # Reads run outside a transaction: psycopg would send BEGIN before them and ROLLBACK
+        # after, two more round trips each. Under READ COMMITTED, PostgreSQL's default, every
+        # statement takes its own snapshot either way, so what they see is the same.
+        from psycopg.pq import TransactionStatus
+
+        if raw.info.transaction_status == TransactionStatus.IDLE:
+            raw.autocommit = True
+
+    def _end_read(self, raw: Any) -> None:
+        if self._lost(raw):
+            return
+        if raw.autocommit:
+            raw.autocommit = False
+        else:  # a connection opened again halfway (_reopen) reads in a transaction
+            self._rollback(raw)
+
     @staticmethod
     def _lost(raw: Any) -> bool:
         # A server restart, a failover or an idle-session timeout ends the session.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -122,6 +123,57 @@ def test_finished_trials_cannot_change_and_distributions_stay_compatible(fresh_u
     with pytest.raises(ValueError):
         other.suggest_categorical("x", ["a", "b"])  # x is a float in this study
     st.close_storage(fast)
+
+
+def test_batched_writes_land_together_and_read_back_as_optuna_wrote_them(
+        fresh_url: str) -> None:
+    fast = st.open_storage(fresh_url, create=True)
+    plain = optuna.storages.RDBStorage(fresh_url)
+    study = optuna.create_study(study_name="s", storage=fast)
+    trial = study.ask()
+    tid = trial._trial_id
+    with st.batched_writes(trial.storage):
+        trial.suggest_float("x", -1, 1)
+        trial.suggest_categorical("c", ["a", "b"])
+        trial.storage.set_trial_system_attr(tid, "sampler", {"k": 1})
+        # Another connection sees nothing yet: the three writes are one transaction to come.
+        assert plain.get_trial(tid).params == {}
+    seen = plain.get_trial(tid)
+    assert set(seen.params) == {"x", "c"} and seen.system_attrs["sampler"] == {"k": 1}
+    assert fast.get_trial(tid) == seen
+    # A read inside the block sees what the block wrote before it.
+    other = study.ask()
+    with st.batched_writes(other.storage):
+        other.suggest_float("x", -1, 1)
+        assert "x" in fast.get_trial(other._trial_id).params
+    # Checks still hold, raised where the writes are committed: a parameter of another kind.
+    third = study.ask()
+    with pytest.raises(ValueError), st.batched_writes(third.storage):
+        third.suggest_categorical("x", ["a", "b"])
+    assert plain.get_trial(third._trial_id).params == {}
+    # An error inside the block is the one raised; what the block wrote before it is kept.
+    with pytest.raises(RuntimeError), st.batched_writes(third.storage):
+        third.suggest_float("y", 0, 1)
+        raise RuntimeError("the sampler failed")
+    assert plain.get_trial(third._trial_id).params == {"y": fast.get_trial(
+        third._trial_id).params["y"]}
+    # Another thread's writes (a heartbeat's) go through at once and leave the block's alone.
+    fourth = study.ask()
+    with st.batched_writes(fourth.storage):
+        fourth.suggest_float("x", -1, 1)
+        beat = threading.Thread(target=fast.set_trial_user_attr,
+                                args=(fourth._trial_id, "beat", 1))
+        beat.start()
+        beat.join()
+        seen = plain.get_trial(fourth._trial_id)
+        assert seen.user_attrs == {"beat": 1} and seen.params == {}
+    assert "x" in plain.get_trial(fourth._trial_id).params
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError), \
+            st.batched_writes(fast):
+        fast.set_trial_user_attr(tid, "late", 1)
+    st.close_storage(fast)
+    plain.engine.dispose()
 
 
 def test_a_waiting_trial_is_taken_once(fresh_url: str) -> None:

@@ -285,9 +285,10 @@ def _dry_run(cfg: SearchConfig, url: str, jsonl: str | None) -> None:
 
 
 def default_start_method() -> str:
-    """forkserver where it is safe and fast (Linux: one server imports the script, workers are
-    forks of a process that never touched CUDA or threads); spawn elsewhere, and with `gpus`
-    (each worker then starts with its own CUDA_VISIBLE_DEVICES from its first line)."""
+    """forkserver where it is safe and fast (Linux: one server imports Optuna and the storage,
+    workers are forks of a process that never touched CUDA or threads); spawn elsewhere, and
+    with `gpus` (each worker then starts with its own CUDA_VISIBLE_DEVICES from its first
+    line)."""
     return "forkserver" if sys.platform.startswith("linux") else "spawn"
 
 

@@ -54,7 +54,8 @@ class Launcher:
         self.progress = Progress(target=self.cfg.n_trials)
         self.ctx = multiprocessing.get_context(plan.start_method)
         if plan.start_method == "forkserver":
-            # The server imports the script and these once; each worker is then a cheap fork.
+            # The server imports these once (and the script, on Pythons whose forkserver honours
+            # "__main__": CPython issue 126631); each worker is then a cheap fork.
             self.ctx.set_forkserver_preload(["__main__", *_worker.PRELOAD])
         self.slots: list[_Slot] = []
         self.storage: Any = None

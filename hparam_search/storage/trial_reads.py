@@ -19,22 +19,33 @@ _VALUE_TYPE = models.TrialValueModel.TrialValueType
 _INTER_TYPE = models.TrialIntermediateValueModel.TrialIntermediateValueType
 _VALUE_OF = models.TrialValueModel.stored_repr_to_value
 _INTER_OF = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
-# Everything hanging off some trials, in one query (a round trip counts on a database server):
-# (kind, trial_id, order, name, number, text) rows of params (0), values (1), user (2) and
-# system (3) attributes and intermediate values (4).
-_CHILDREN = " UNION ALL ".join([
-    "SELECT 0, trial_id, param_id, param_name, param_value, distribution_json "
-    "FROM trial_params WHERE trial_id IN ({ids})",
-    "SELECT 1, trial_id, objective, CAST(value_type AS VARCHAR(16)), value, NULL "
-    "FROM trial_values WHERE trial_id IN ({ids})",
-    "SELECT 2, trial_id, trial_user_attribute_id, key, NULL, value_json "
-    "FROM trial_user_attributes WHERE trial_id IN ({ids})",
-    "SELECT 3, trial_id, trial_system_attribute_id, key, NULL, value_json "
-    "FROM trial_system_attributes WHERE trial_id IN ({ids})",
+# Everything hanging off some trials (a round trip counts on a database server): (kind,
+# trial_id, order, name, number, text) rows of params (0), values (1), user (2) and system (3)
+# attributes and intermediate values (4).
+_CHILD_ROWS = [
+    "SELECT 0, trial_id, param_id, param_name, param_value, distribution_json{more} "
+    "FROM trial_params",
+    "SELECT 1, trial_id, objective, CAST(value_type AS VARCHAR(16)), value, NULL{more} "
+    "FROM trial_values",
+    "SELECT 2, trial_id, trial_user_attribute_id, key, NULL, value_json{more} "
+    "FROM trial_user_attributes",
+    "SELECT 3, trial_id, trial_system_attribute_id, key, NULL, value_json{more} "
+    "FROM trial_system_attributes",
     "SELECT 4, trial_id, step, CAST(intermediate_value_type AS VARCHAR(16)), "
-    "intermediate_value, NULL FROM trial_intermediate_values WHERE trial_id IN ({ids})",
-]) + " ORDER BY 1, 2, 3"
+    "intermediate_value, NULL{more} FROM trial_intermediate_values",
+]
+# ... for a list of trial ids ({ids}: placeholders, repeated five times):
+_CHILDREN = " UNION ALL ".join(
+    row.format(more="") + " WHERE trial_id IN ({ids})" for row in _CHILD_ROWS) + " ORDER BY 1, 2, 3"
 _KIDS = ("params", "values", "user", "system", "inter")
+# ... and with the trials that match a condition, in one query: one round trip for a trial read
+# back while it runs (Optuna's cache does that several times per trial). Kind 5 rows are the
+# trials themselves: (5, trial_id, number, state, _, _, start, complete).
+_WHOLE = " UNION ALL ".join(
+    ["SELECT 5, trial_id, number, CAST(state AS VARCHAR(16)), NULL, NULL, datetime_start, "
+     "datetime_complete FROM trials WHERE {where}"]
+    + [row.format(more=", NULL, NULL") + " WHERE trial_id IN (SELECT trial_id FROM trials "
+       "WHERE {where})" for row in _CHILD_ROWS]) + " ORDER BY 1, 2, 3"
 _TRIALS = ("SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials "
            "WHERE {where} ORDER BY trial_id")
 _KID_IDS = MAX_IDS // 5  # the children query repeats its id list five times
@@ -46,7 +57,7 @@ class TrialReads:
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._read_cursor() as cur:
-            trials = self._read(cur, "trial_id = ?", [trial_id])
+            trials = self._read_whole(cur, "trial_id = ?", [trial_id])
         if not trials:
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
         return trials[0]
@@ -115,7 +126,7 @@ class TrialReads:
             where.append(newer)
             args.append(trial_id_greater_than)
         with self._read_cursor() as cur:
-            trials = self._read(cur, " AND ".join(where), args)
+            trials = self._read_whole(cur, " AND ".join(where), args)
             if not trials:
                 self._study_exists(cur, study_id)
         return trials
@@ -138,6 +149,18 @@ class TrialReads:
             marks = ",".join("?" * len(chunk))
             for kind, tid, order, name, number, text in cur.all(
                     _CHILDREN.format(ids=marks), *(chunk * 5)):
+                kids[_KIDS[kind]][tid].append((tid, name, number, text, order))
+        return [self._frozen(row, kids) for row in rows]
+
+    def _read_whole(self, cur: Cursor, where: str, args: Sequence[Any]) -> list[FrozenTrial]:
+        """``_read`` in one query, for conditions with few placeholders (repeated six times)."""
+        rows: list[tuple] = []
+        kids: dict[str, dict[int, list[tuple]]] = {name: defaultdict(list) for name in _KIDS}
+        for kind, tid, order, name, number, text, start, complete in cur.all(
+                _WHOLE.format(where=where), *(list(args) * 6)):
+            if kind == 5:
+                rows.append((tid, order, name, start, complete))
+            else:
                 kids[_KIDS[kind]][tid].append((tid, name, number, text, order))
         return [self._frozen(row, kids) for row in rows]
 

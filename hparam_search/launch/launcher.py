@@ -54,9 +54,11 @@ class Launcher:
         self.progress = Progress(target=self.cfg.n_trials)
         self.ctx = multiprocessing.get_context(plan.start_method)
         if plan.start_method == "forkserver":
-            # The server imports these once (and the script, on Pythons whose forkserver honours
-            # "__main__": CPython issue 126631); each worker is then a cheap fork.
-            self.ctx.set_forkserver_preload(["__main__", *_worker.PRELOAD])
+            # The server imports Optuna and the storage once; each worker is then a cheap fork
+            # that imports the script itself. Not "__main__": Pythons that honour it (CPython
+            # issue 126631) would run the script's top level in the server, and a script that
+            # touches CUDA there would leave every worker a fork of a CUDA process.
+            self.ctx.set_forkserver_preload(list(_worker.PRELOAD))
         self.slots: list[_Slot] = []
         self.storage: Any = None
         self.study: Any = None

@@ -330,6 +330,10 @@ class PostgresServer:
                   f"-p {self.port} -k {self.root / 'sock'} -c listen_addresses=127.0.0.1 "
                   "-c max_connections=200", "start")
 
+    def running(self) -> bool:
+        return subprocess.run([*self.prefix, str(self.bin_dir / "pg_ctl"), "-D", str(self.data),
+                               "status"], capture_output=True, timeout=60).returncode == 0
+
     def stop(self) -> None:
         """Stop it as an administrator would for a restart: every session is ended at once."""
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop")

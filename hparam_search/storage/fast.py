@@ -41,6 +41,8 @@ from .trial_reads import TrialReads
 
 # How long a lost database connection is tried again: a server restarting, a failover.
 RECONNECT_S = 60
+LOCK_LOST = ("the connection to the database was lost while this process held a lock on the "
+             "study, so the lock is gone; run the same command again")
 
 
 class FastStorage(Claims, TrialReads, RDBStorage):
@@ -82,6 +84,8 @@ class FastStorage(Claims, TrialReads, RDBStorage):
         # Trial writes held back by batched(), and the thread whose writes are held back.
         self._queued: list[tuple] = []
         self._batching: int | None = None
+        self._connected = False  # a connection was opened once: a lost one is tried again
+        self._pinned: Any = None  # the driver connection a session lock (PostgreSQL) holds
 
     # -- Optuna internals this class replaces ------------------------------------------------
     @property
@@ -123,9 +127,9 @@ class FastStorage(Claims, TrialReads, RDBStorage):
     @contextlib.contextmanager
     def _raw(self) -> Iterator[Any]:
         """The driver connection, under this storage's lock (its heartbeat thread shares it)."""
-        with self._lock, self.engine.connect() as conn:
+        with self._lock, self._connection() as conn:
             try:
-                yield conn.connection.driver_connection
+                yield self._driver(conn)
             finally:
                 self._drop_if_lost(conn)
 
@@ -137,8 +141,8 @@ class FastStorage(Claims, TrialReads, RDBStorage):
         with self._lock:
             if self._queued and self._batching == threading.get_ident():
                 self._flush()
-        with self._lock, self.engine.connect() as conn:
-            cur = Cursor(conn.connection.driver_connection.cursor(), self._sql, self.returning,
+        with self._lock, self._connection() as conn:
+            cur = Cursor(self._driver(conn).cursor(), self._sql, self.returning,
                          reopen=lambda exc: self._reopen(conn, exc))
             try:
                 yield cur
@@ -147,11 +151,44 @@ class FastStorage(Claims, TrialReads, RDBStorage):
                     cur.close()
                 self._drop_if_lost(conn)
 
+    def _connection(self) -> Any:
+        """The engine's connection. One that was lost and could not be opened again at once
+        is tried for RECONNECT_S seconds; never the first (a wrong address or password says so
+        at once), and never while a session lock lives on the old one (see _driver)."""
+        deadline, delay = None, 0.1
+        while True:
+            try:
+                conn = self.engine.connect()
+            except Exception as exc:  # noqa: BLE001 - sorted out just below
+                if not (self._connected and self._pinned is None and self._is_operational(exc)):
+                    raise
+                deadline = deadline or time.monotonic() + RECONNECT_S
+                if time.monotonic() + delay > deadline:
+                    raise StorageInternalError(
+                        f"the connection to the database was lost and a new one could not be "
+                        f"opened within {RECONNECT_S} s: {exc}") from exc
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+                continue
+            self._connected = True
+            return conn
+
+    def _driver(self, conn: Any) -> Any:
+        """The driver connection under ``conn``; an error when it is not the one a session
+        lock was taken on (the lock went with the old connection)."""
+        raw = conn.connection.driver_connection
+        if self._pinned is not None and raw is not self._pinned:
+            conn.close()
+            raise StorageInternalError(LOCK_LOST)
+        return raw
+
     def _reopen(self, conn: Any, exc: BaseException) -> Any | None:
         """A cursor on a new connection when ``exc`` came from a lost one, else None. A
         server that is restarting is tried again for RECONNECT_S seconds."""
         if conn.invalidated or not self._lost(conn.connection.driver_connection):
             return None
+        if self._pinned is not None:
+            raise StorageInternalError(LOCK_LOST) from exc
         conn.invalidate()
         deadline, delay = time.monotonic() + RECONNECT_S, 0.1
         while True:
@@ -168,7 +205,10 @@ class FastStorage(Claims, TrialReads, RDBStorage):
     def _drop_if_lost(self, conn: Any) -> None:
         """Hand a lost connection back as invalid, so the next use opens a new one (and the
         pool does not log a failed reset)."""
-        if not conn.invalidated and self._lost(conn.connection.driver_connection):
+        if conn.invalidated or conn.closed:
+            return
+        raw = conn.connection.driver_connection
+        if raw is None or self._lost(raw):
             conn.invalidate()
 
     def _rollback(self, raw: Any) -> None:
@@ -381,8 +421,16 @@ class FastStorage(Claims, TrialReads, RDBStorage):
     def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                          distribution: distributions.BaseDistribution,
                          previous_distribution: distributions.BaseDistribution | None) -> None:
-        self._trial_write(("param", trial_id, param_name, param_value_internal, distribution,
-                           previous_distribution))
+        op = ("param", trial_id, param_name, param_value_internal, distribution,
+              previous_distribution)
+        if previous_distribution is None:
+            # Optuna's cache records this distribution as the study's once the call returns:
+            # the check against the database must have passed by then.
+            self._run_writes([op])
+            return
+        if self._batching == threading.get_ident():  # checked now, where the caller sees it
+            distributions.check_distribution_compatibility(previous_distribution, distribution)
+        self._trial_write(op)
 
     @contextlib.contextmanager
     def batched(self) -> Iterator[None]:
@@ -443,8 +491,9 @@ class FastStorage(Claims, TrialReads, RDBStorage):
                             "param_name) DO NOTHING", trial_id, name, value,
                             distributions.distribution_to_json(distribution))
                 else:
-                    _, _, table, values = op
-                    self._write_attrs(cur, table, trial_id, values)
+                    _, _, table, texts = op
+                    for key, text in texts.items():
+                        cur.run(SET_ATTR[table], trial_id, key, text)
 
     def _check_distribution(self, cur: Cursor, study_id: int, name: str,
                             distribution: distributions.BaseDistribution) -> None:
@@ -517,7 +566,9 @@ class FastStorage(Claims, TrialReads, RDBStorage):
         self._set_attrs("trial_user_attributes", trial_id, values)
 
     def _set_attrs(self, table: str, trial_id: int, values: dict[str, Any]) -> None:
-        self._trial_write(("attrs", trial_id, table, dict(values)))
+        # As JSON now: a value changed after the call, or one JSON cannot hold, shows here.
+        self._trial_write(("attrs", trial_id, table,
+                           {key: json.dumps(value) for key, value in values.items()}))
 
     def _updatable(self, cur: Cursor, trial_id: int) -> int:
         """Raise unless the trial exists and is not finished; return its study id."""

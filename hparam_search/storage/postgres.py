@@ -59,10 +59,14 @@ class FastPostgresStorage(FastStorage):
     def _end_read(self, raw: Any) -> None:
         if self._lost(raw):
             return
-        if raw.autocommit:
-            raw.autocommit = False
-        else:  # a connection opened again halfway (_reopen) reads in a transaction
+        if not raw.autocommit:  # a connection opened again halfway (_reopen) reads in one
             self._rollback(raw)
+            return
+        try:
+            raw.autocommit = False
+        except Exception:
+            raw.close()  # never left in autocommit, where writes would lose their transaction
+            raise
 
     @staticmethod
     def _lost(raw: Any) -> bool:
@@ -78,18 +82,23 @@ class FastPostgresStorage(FastStorage):
     @contextlib.contextmanager
     def session_lock(self, name: str) -> Iterator[None]:
         """A lock across every process and host using the database, held on this storage's
-        own connection (no second connection), for work spanning several transactions."""
+        own connection (no second connection), for work spanning several transactions. The
+        connection is not replaced while it is held: losing it loses the lock, and the work
+        under it stops with an error."""
         key = advisory_key(name)
         with self._raw() as raw:
             with raw.cursor() as cur:
                 cur.execute("SELECT pg_advisory_lock(%s)", (key,))
             raw.commit()
+            self._pinned = raw
             try:
                 yield
             finally:
-                with raw.cursor() as cur:
-                    cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
-                raw.commit()
+                self._pinned = None
+                if not self._lost(raw):  # else the server let go of it with the session
+                    with raw.cursor() as cur:
+                        cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    raw.commit()
 
 
 def advisory_key(name: str) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from hparam_search import storage as st
 from hparam_search.errors import HparamSearchError
-from tests.conftest import PostgresServer, UserProject, wait_for
+from tests.conftest import PostgresServer, UserProject, kill_group, wait_for
 
 
 def test_two_launchers_with_four_workers_each_share_one_postgres_study(
@@ -76,9 +76,12 @@ def test_a_search_rides_out_a_postgresql_restart(project: UserProject,
         (flags / "release").touch()
         # Both trials have ended while the server is down: their results wait for it.
         wait_for(lambda: len(list(flags.glob("done_*"))) == 2, timeout=60)
-    finally:
         postgres_server.start()
-    out, _ = search.communicate(timeout=180)
+        out, _ = search.communicate(timeout=180)
+    finally:
+        if not postgres_server.running():
+            postgres_server.start()
+        kill_group(search)
     assert search.returncode == 0, out
     assert "Traceback" not in out and "error" not in out.lower(), out
     storage = optuna.storages.RDBStorage(st.resolve_storage(postgres_server.url, project.root))

@@ -16,7 +16,10 @@ import pytest
 import sqlalchemy
 
 from hparam_search import storage as st
+from hparam_search.storage import fast as fast_module
 from hparam_search.storage.fast import FastStorage
+from optuna.exceptions import StorageInternalError
+from tests.conftest import PostgresServer
 
 KINDS = ["sqlite", "postgresql"]
 # Database storages send heartbeats; this test drives trials by hand, as the workers do.
@@ -130,6 +133,13 @@ def test_batched_writes_land_together_and_read_back_as_optuna_wrote_them(
     fast = st.open_storage(fresh_url, create=True)
     plain = optuna.storages.RDBStorage(fresh_url)
     study = optuna.create_study(study_name="s", storage=fast)
+    # A parameter this process has not seen yet is checked against the study and written at
+    # once (Optuna's cache then knows its kind); later ones wait for the block's end.
+    first = study.ask()
+    with st.batched_writes(first.storage):
+        first.suggest_float("x", -1, 1)
+        first.suggest_categorical("c", ["a", "b"])
+        assert set(plain.get_trial(first._trial_id).params) == {"x", "c"}
     trial = study.ask()
     tid = trial._trial_id
     with st.batched_writes(trial.storage):
@@ -151,12 +161,14 @@ def test_batched_writes_land_together_and_read_back_as_optuna_wrote_them(
     with pytest.raises(ValueError), st.batched_writes(third.storage):
         third.suggest_categorical("x", ["a", "b"])
     assert plain.get_trial(third._trial_id).params == {}
+    with pytest.raises(ValueError):  # and the next trial is still held to the study's kind
+        study.ask().suggest_categorical("x", ["a", "b"])
     # An error inside the block is the one raised; what the block wrote before it is kept.
     with pytest.raises(RuntimeError), st.batched_writes(third.storage):
-        third.suggest_float("y", 0, 1)
+        third.suggest_float("x", -1, 1)
         raise RuntimeError("the sampler failed")
-    assert plain.get_trial(third._trial_id).params == {"y": fast.get_trial(
-        third._trial_id).params["y"]}
+    assert plain.get_trial(third._trial_id).params == {"x": fast.get_trial(
+        third._trial_id).params["x"]}
     # Another thread's writes (a heartbeat's) go through at once and leave the block's alone.
     fourth = study.ask()
     with st.batched_writes(fourth.storage):
@@ -174,6 +186,38 @@ def test_batched_writes_land_together_and_read_back_as_optuna_wrote_them(
         fast.set_trial_user_attr(tid, "late", 1)
     st.close_storage(fast)
     plain.engine.dispose()
+
+
+def test_a_lost_postgresql_connection_is_opened_again_but_never_under_a_lock(
+        postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    fast = st.open_storage(st.resolve_storage(postgres_server.url, tmp_path), create=True)
+    study = optuna.create_study(study_name=f"lost_{uuid.uuid4().hex[:8]}", storage=fast)
+    sid = study._study_id
+    try:
+        monkeypatch.setattr(fast_module, "RECONNECT_S", 1.0)
+        postgres_server.stop()
+        with pytest.raises(StorageInternalError, match="could not be opened within 1.0 s"):
+            fast.get_n_trials(sid)
+        # The next call keeps trying while the server comes back.
+        monkeypatch.setattr(fast_module, "RECONNECT_S", 60.0)
+        starter = threading.Thread(target=postgres_server.start)
+        starter.start()
+        assert fast.get_n_trials(sid) == 0
+        starter.join()
+        # A session lock lives on its connection: losing it is an error, not a silent new one.
+        with pytest.raises(StorageInternalError, match="the lock is gone"), \
+                fast.session_lock("lost"):
+            postgres_server.stop()
+            postgres_server.start()
+            fast.get_n_trials(sid)
+        assert fast.get_n_trials(sid) == 0
+        with fast.session_lock("lost"):
+            assert fast.get_n_trials(sid) == 0
+    finally:
+        if not postgres_server.running():
+            postgres_server.start()
+        st.close_storage(fast)
 
 
 def test_a_waiting_trial_is_taken_once(fresh_url: str) -> None:

@@ -10,9 +10,9 @@ other databases) goes through Optuna's own code.
 
 The SQL is written once for SQLite and PostgreSQL (sql.py); a small dialect (sqlite.py,
 postgres.py) supplies what differs: placeholders, the write lock, timestamps, the connection.
-This module holds the connection, the transactions, the study reads and the trial writes; the
-trial reads are in trial_reads.py, and ``claim`` (this package's own operation) with the
-heartbeats in claim.py.
+This module holds the study reads and the trial writes; the connection and its transactions
+are in transactions.py, the trial reads in trial_reads.py, and ``claim`` (this package's own
+operation) with the heartbeats in claim.py.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ import copy
 import datetime
 import json
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy
 from optuna import distributions
-from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.study import StudyDirection
@@ -37,15 +35,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .claim import ClaimRequest, Claims, Tally
 from .sql import SET_ATTR, SET_INTER, SET_VALUE, Cursor, enum_name
+from .transactions import Transactions
 from .trial_reads import TrialReads
 
-# How long a lost database connection is tried again: a server restarting, a failover.
-RECONNECT_S = 60
-LOCK_LOST = ("the connection to the database was lost while this process held a lock on the "
-             "study, so the lock is gone; run the same command again")
 
-
-class FastStorage(Claims, TrialReads, RDBStorage):
+class FastStorage(Claims, TrialReads, Transactions, RDBStorage):
     """An ``RDBStorage`` whose hot paths are plain SQL. Subclasses name the dialect."""
 
     #: "?" (sqlite3) or "%s" (psycopg)
@@ -120,156 +114,13 @@ class FastStorage(Claims, TrialReads, RDBStorage):
         with self._lock:
             prepare(self)
 
-    # -- plumbing ------------------------------------------------------------------------
-    def _sql(self, text: str) -> str:
-        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
-
-    @contextlib.contextmanager
-    def _raw(self) -> Iterator[Any]:
-        """The driver connection, under this storage's lock (its heartbeat thread shares it)."""
-        with self._lock, self._connection() as conn:
-            try:
-                yield self._driver(conn)
-            finally:
-                self._drop_if_lost(conn)
-
-    @contextlib.contextmanager
-    def _cursor(self) -> Iterator[Cursor]:
-        """A cursor under this storage's lock, on a connection that is replaced when the
-        transaction's first statement finds it lost. The writes batched() holds back go first
-        when this is their thread (to other threads they have not happened yet)."""
-        with self._lock:
-            if self._queued and self._batching == threading.get_ident():
-                self._flush()
-        with self._lock, self._connection() as conn:
-            cur = Cursor(self._driver(conn).cursor(), self._sql, self.returning,
-                         reopen=lambda exc: self._reopen(conn, exc))
-            try:
-                yield cur
-            finally:
-                with contextlib.suppress(Exception):
-                    cur.close()
-                self._drop_if_lost(conn)
-
-    def _connection(self) -> Any:
-        """The engine's connection. One that was lost and could not be opened again at once
-        is tried for RECONNECT_S seconds; never the first (a wrong address or password says so
-        at once), and never while a session lock lives on the old one (see _driver)."""
-        deadline, delay = None, 0.1
-        while True:
-            try:
-                conn = self.engine.connect()
-            except Exception as exc:  # noqa: BLE001 - sorted out just below
-                if not (self._connected and self._pinned is None and self._is_operational(exc)):
-                    raise
-                deadline = deadline or time.monotonic() + RECONNECT_S
-                if time.monotonic() + delay > deadline:
-                    raise StorageInternalError(
-                        f"the connection to the database was lost and a new one could not be "
-                        f"opened within {RECONNECT_S} s: {exc}") from exc
-                time.sleep(delay)
-                delay = min(2 * delay, 2.0)
-                continue
-            self._connected = True
-            return conn
-
-    def _driver(self, conn: Any) -> Any:
-        """The driver connection under ``conn``; an error when it is not the one a session
-        lock was taken on (the lock went with the old connection)."""
-        raw = conn.connection.driver_connection
-        if self._pinned is not None and raw is not self._pinned:
-            conn.close()
-            raise StorageInternalError(LOCK_LOST)
-        return raw
-
-    def _reopen(self, conn: Any, exc: BaseException) -> Any | None:
-        """A cursor on a new connection when ``exc`` came from a lost one, else None. A
-        server that is restarting is tried again for RECONNECT_S seconds."""
-        if conn.invalidated or not self._lost(conn.connection.driver_connection):
-            return None
-        if self._pinned is not None:
-            raise StorageInternalError(LOCK_LOST) from exc
-        conn.invalidate()
-        deadline, delay = time.monotonic() + RECONNECT_S, 0.1
-        while True:
-            try:
-                return conn.connection.driver_connection.cursor()
-            except Exception as again:  # noqa: BLE001 - sorted out just below
-                if not self._is_operational(again) or time.monotonic() + delay > deadline:
-                    raise StorageInternalError(
-                        f"the connection to the database was lost ({exc}) and a new one could "
-                        f"not be opened within {RECONNECT_S} s: {again}") from again
-            time.sleep(delay)
-            delay = min(2 * delay, 2.0)
-
-    def _drop_if_lost(self, conn: Any) -> None:
-        """Hand a lost connection back as invalid, so the next use opens a new one (and the
-        pool does not log a failed reset)."""
-        if conn.invalidated or conn.closed:
-            return
-        raw = conn.connection.driver_connection
-        if raw is None or self._lost(raw):
-            conn.invalidate()
-
-    def _rollback(self, raw: Any) -> None:
-        try:
-            raw.rollback()
-        except Exception:
-            if not self._lost(raw):  # a lost connection's transaction is gone already
-                raise
-
-    @contextlib.contextmanager
-    def _read_cursor(self) -> Iterator[Cursor]:
-        with self._cursor() as cur:
-            self._begin_read(cur.connection)
-            try:
-                yield cur
-            finally:
-                self._end_read(cur.connection)
-
-    def _begin_read(self, raw: Any) -> None:
-        """Before reads (dialect): SQLite's driver opens no transaction for a SELECT."""
-
-    def _end_read(self, raw: Any) -> None:
-        """After reads: end whatever transaction they opened."""
-        self._rollback(raw)
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Cursor]:
-        """One write transaction that holds the dialect's write lock from its first statement,
-        so a check and the write that depends on it cannot be separated by another process."""
-        with self._cursor() as cur:
-            try:
-                self._begin_write(cur)
-                yield cur
-            except BaseException as exc:
-                self._rollback(cur.connection)
-                if self._is_operational(exc):
-                    raise StorageInternalError(f"the database failed: {exc}") from exc
-                raise
-            try:
-                cur.connection.commit()
-            except Exception as exc:  # noqa: BLE001 - the driver's error, as Optuna reports it
-                raise StorageInternalError(f"the commit failed: {exc}") from exc
-
-    def _begin_write(self, cur: Cursor) -> None:
-        """Start a transaction that holds the write lock (dialect)."""
-
-    @staticmethod
-    def _lost(raw: Any) -> bool:
-        """Whether this driver connection is gone (dialect: a server's can be; a file's not)."""
-        return False
-
+    # -- dialect ---------------------------------------------------------------------------
     def _lock_trial(self, cur: Cursor, trial_id: int) -> tuple[str, int] | None:
         """(state, study_id) of a trial, locked against other writers until commit."""
         return cur.one("SELECT state, study_id FROM trials WHERE trial_id = ?", trial_id)
 
     def _lock_study(self, cur: Cursor, study_id: int) -> None:
         """Serialise claims on one study (dialect: SQLite's write lock already does)."""
-
-    @staticmethod
-    def _is_operational(exc: BaseException) -> bool:
-        return False
 
     def _stamp(self, when: datetime.datetime) -> Any:
         """A datetime as this database stores it: naive UTC, as Optuna's models do."""

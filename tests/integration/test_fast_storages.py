@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy
 
 from hparam_search import storage as st
-from hparam_search.storage import fast as fast_module
+from hparam_search.storage import transactions
 from hparam_search.storage.fast import FastStorage
 from optuna.exceptions import StorageInternalError
 from tests.conftest import PostgresServer
@@ -195,12 +195,12 @@ def test_a_lost_postgresql_connection_is_opened_again_but_never_under_a_lock(
     study = optuna.create_study(study_name=f"lost_{uuid.uuid4().hex[:8]}", storage=fast)
     sid = study._study_id
     try:
-        monkeypatch.setattr(fast_module, "RECONNECT_S", 1.0)
+        monkeypatch.setattr(transactions, "RECONNECT_S", 1.0)
         postgres_server.stop()
         with pytest.raises(StorageInternalError, match="could not be opened within 1.0 s"):
             fast.get_n_trials(sid)
         # The next call keeps trying while the server comes back.
-        monkeypatch.setattr(fast_module, "RECONNECT_S", 60.0)
+        monkeypatch.setattr(transactions, "RECONNECT_S", 60.0)
         starter = threading.Thread(target=postgres_server.start)
         starter.start()
         assert fast.get_n_trials(sid) == 0

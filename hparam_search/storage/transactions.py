@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from optuna.exceptions import StorageInternalError
@@ -66,23 +66,31 @@ class Transactions:
         """The engine's connection. One that was lost and could not be opened again at once
         is tried for RECONNECT_S seconds; never the first (a wrong address or password says so
         at once), and never while a session lock lives on the old one (see _driver)."""
-        deadline, delay = None, 0.1
+        try:
+            conn = self.engine.connect()
+        except Exception as exc:  # noqa: BLE001 - sorted out just below
+            if not (self._connected and self._pinned is None and self._is_operational(exc)):
+                raise
+            conn = self._until_open(self.engine.connect, exc)
+        self._connected = True
+        return conn
+
+    def _until_open(self, open_: Callable[[], Any], lost: BaseException) -> Any:
+        """``open_()``, tried again for RECONNECT_S seconds while the database refuses it (a
+        server restarting)."""
+        deadline, delay = time.monotonic() + RECONNECT_S, 0.1
         while True:
             try:
-                conn = self.engine.connect()
+                return open_()
             except Exception as exc:  # noqa: BLE001 - sorted out just below
-                if not (self._connected and self._pinned is None and self._is_operational(exc)):
+                if not self._is_operational(exc):
                     raise
-                deadline = deadline or time.monotonic() + RECONNECT_S
                 if time.monotonic() + delay > deadline:
                     raise StorageInternalError(
-                        f"the connection to the database was lost and a new one could not be "
-                        f"opened within {RECONNECT_S} s: {exc}") from exc
-                time.sleep(delay)
-                delay = min(2 * delay, 2.0)
-                continue
-            self._connected = True
-            return conn
+                        f"the connection to the database was lost ({lost}) and a new one could "
+                        f"not be opened within {RECONNECT_S} s: {exc}") from exc
+            time.sleep(delay)
+            delay = min(2 * delay, 2.0)
 
     def _driver(self, conn: Any) -> Any:
         """The driver connection under ``conn``; an error when it is not the one a session
@@ -94,24 +102,13 @@ class Transactions:
         return raw
 
     def _reopen(self, conn: Any, exc: BaseException) -> Any | None:
-        """A cursor on a new connection when ``exc`` came from a lost one, else None. A
-        server that is restarting is tried again for RECONNECT_S seconds."""
+        """A cursor on a new connection when ``exc`` came from a lost one, else None."""
         if conn.invalidated or not self._lost(conn.connection.driver_connection):
             return None
         if self._pinned is not None:
             raise StorageInternalError(LOCK_LOST) from exc
         conn.invalidate()
-        deadline, delay = time.monotonic() + RECONNECT_S, 0.1
-        while True:
-            try:
-                return conn.connection.driver_connection.cursor()
-            except Exception as again:  # noqa: BLE001 - sorted out just below
-                if not self._is_operational(again) or time.monotonic() + delay > deadline:
-                    raise StorageInternalError(
-                        f"the connection to the database was lost ({exc}) and a new one could "
-                        f"not be opened within {RECONNECT_S} s: {again}") from again
-            time.sleep(delay)
-            delay = min(2 * delay, 2.0)
+        return self._until_open(lambda: conn.connection.driver_connection.cursor(), exc)
 
     def _drop_if_lost(self, conn: Any) -> None:
         """Hand a lost connection back as invalid, so the next use opens a new one (and the

@@ -304,7 +304,6 @@ class FastStorage(Claims, TrialReads, Transactions, RDBStorage):
                 self._batching = None
                 with contextlib.suppress(Exception):  # the block's own error is the one to see
                     self._flush()
-                self._queued.clear()
             raise
         with self._lock:
             self._batching = None

@@ -52,15 +52,15 @@ class Transactions:
         with self._lock:
             if self._queued and self._batching == threading.get_ident():
                 self._flush()
-        with self._lock, self._connection() as conn:
-            cur = Cursor(self._driver(conn).cursor(), self._sql, self.returning,
-                         reopen=lambda exc: self._reopen(conn, exc))
-            try:
-                yield cur
-            finally:
-                with contextlib.suppress(Exception):
-                    cur.close()
-                self._drop_if_lost(conn)
+            with self._connection() as conn:
+                cur = Cursor(self._driver(conn).cursor(), self._sql, self.returning,
+                             reopen=lambda exc: self._reopen(conn, exc))
+                try:
+                    yield cur
+                finally:
+                    with contextlib.suppress(Exception):
+                        cur.close()
+                    self._drop_if_lost(conn)
 
     def _connection(self) -> Any:
         """The engine's connection. One that was lost and could not be opened again at once

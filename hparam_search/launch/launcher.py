@@ -58,7 +58,7 @@ class Launcher:
             # that imports the script itself. Not "__main__": Pythons that honour it (CPython
             # issue 126631) would run the script's top level in the server, and a script that
             # touches CUDA there would leave every worker a fork of a CUDA process.
-            self.ctx.set_forkserver_preload(list(_worker.PRELOAD))
+            self.ctx.set_forkserver_preload(_worker.preload_for(plan.url))
         self.slots: list[_Slot] = []
         self.storage: Any = None
         self.study: Any = None

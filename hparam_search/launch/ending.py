@@ -54,7 +54,7 @@ def summarize(launcher: Launcher, headline: str, wall_s: float) -> None:
     elif headline == "Search finished" and st.finished(counts) < cfg.n_trials:
         headline = "Search ended short of its budget"
     # A few queries, not every trial: a 50,000-trial study ends as fast as a small one.
-    with StudyReader(plan.url, cfg.study_name) as reader:
+    with StudyReader(plan.url, cfg.study_name, launcher.storage) as reader:
         best = reader.best() if counts.get("COMPLETE") else []
     kinds = st.pruned_kinds(launcher.storage, st.study_id(launcher.study))
     launcher.out.summary(headline=headline, states=st.format_counts(counts, kinds), best=best,

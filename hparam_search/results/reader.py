@@ -45,11 +45,19 @@ class TrialRecord:
 class StudyReader:
     """One study, opened for reading. Use as a context manager (connections are closed)."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, storage: Any = None) -> None:
+        """``storage``: this package's open storage of ``url``, to read on its connection
+        (the launcher's summary) instead of opening another."""
         self.url, self.name = url, name
         self._engine: Any = None
         self._journal: Any = None
-        if journal_path(url) is not None:
+        self._storage = storage if hasattr(storage, "_read_cursor") else None
+        if self._storage is not None:
+            row = self._one("SELECT study_id FROM studies WHERE study_name = ?", [name])
+            if row is None:
+                raise HparamSearchError(f"no study '{name}' in {mask_secrets(url)}")
+            self.study_id = row[0]
+        elif journal_path(url) is not None:
             import optuna
 
             from ..storage import open_storage
@@ -91,6 +99,9 @@ class StudyReader:
     # -- SQL plumbing ----------------------------------------------------------------------
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
         """Run ``sql`` (``?`` placeholders) on the driver directly: no ORM, no per-row cost."""
+        if self._storage is not None:
+            with self._storage._read_cursor() as cur:
+                return cur.all(sql, *args)
         if self._engine.dialect.paramstyle != "qmark":
             sql = sql.replace("%", "%%").replace("?", "%s")
         with self._engine.connect() as conn:

@@ -1,6 +1,7 @@
 """The study storage: URLs, opening, the study and its runs, the trial budget, recovery of
 abandoned trials, retries, and the fast path for SQLite and PostgreSQL (fast.py, claim.py,
-trial_reads.py, transactions.py, sql.py). The package that writes Optuna's tables
+trial_reads.py, transactions.py, sql.py, driver_pool.py; Optuna's tables in optuna_tables.py,
+Optuna's own code reached through orm.py). The package that writes Optuna's tables
 (results/reader.py only reads them)."""
 
 from .attrs import (FAIL_REASON_ATTR, OWNER_ATTR, RUN_ATTR, RUN_ATTR_OF_TRIAL, RUNS_ATTR,

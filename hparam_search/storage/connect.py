@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,6 @@ def open_storage(url: str, *, create: bool) -> Any:
     storages otherwise. ``create`` makes tables and checks the schema version (the launcher
     does that once); workers skip both to start fast."""
     import optuna
-    import sqlalchemy
 
     journal = journal_path(url)
     if journal is not None:
@@ -64,7 +64,6 @@ def open_storage(url: str, *, create: bool) -> Any:
                     _set_wal(db_path)  # under the lock: launchers starting together collide
                 storage = FastSQLiteStorage(url, engine_kwargs={
                     "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}})
-                sqlalchemy.event.listen(storage.engine, "connect", _tune_sqlite_connection)
             elif url.startswith("postgresql+psycopg://"):
                 from .postgres import FastPostgresStorage
 
@@ -84,7 +83,7 @@ def open_storage(url: str, *, create: bool) -> Any:
                                 source=mask_secrets(url), key="storage",
                                 fix="Install the driver, e.g. pip install "
                                     "'hparam-search[postgres]'.") from exc
-    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, RuntimeError) as exc:
+    except (*_database_errors(), RuntimeError) as exc:
         raise HparamSearchError(f"cannot open the study storage: {driver_message(exc)}",
                                 source=mask_secrets(url),
                                 fix=refused_fix(exc) or
@@ -112,7 +111,11 @@ def refused_fix(exc: BaseException) -> str | None:
 
 def close_storage(storage: Any) -> None:
     """Close the storage's database connections (a no-op for journal files)."""
-    engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+    backend = getattr(storage, "_backend", storage)
+    if hasattr(backend, "_read_cursor"):  # the fast path: its engine may never have been made
+        backend.close()
+        return
+    engine = getattr(backend, "engine", None)
     if engine is not None:
         engine.dispose()
 
@@ -150,13 +153,14 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
-def _tune_sqlite_connection(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets readers (optuna-dashboard) work while workers write; NORMAL is durable against
-    # any process being killed (only an OS crash can drop the last commits) and ~3x faster.
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
+def _database_errors() -> tuple[type[BaseException], ...]:
+    """The errors a database (or its driver) raises. SQLAlchemy's only where it was imported:
+    nothing else can have raised one."""
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    sqlalchemy = sys.modules.get("sqlalchemy")
+    if sqlalchemy is not None and hasattr(sqlalchemy, "exc"):
+        errors += (sqlalchemy.exc.SQLAlchemyError,)
+    return errors
 
 
 @contextlib.contextmanager
@@ -198,8 +202,6 @@ def failure_message(exc: BaseException, who: str) -> str:
 
 
 def is_storage_error(exc: BaseException) -> bool:
-    import sqlalchemy
     from optuna.exceptions import StorageInternalError
 
-    return isinstance(exc, (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, StorageInternalError,
-                            OSError))
+    return isinstance(exc, (*_database_errors(), StorageInternalError, OSError))

@@ -15,18 +15,13 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 def state_counts(storage: Any, study_id: int) -> dict[str, int]:
     """Number of trials per state name, in one query where the storage is a database."""
-    import sqlalchemy
-
-    if not hasattr(storage, "engine"):
+    rows = database_rows(storage, "SELECT state, COUNT(*) FROM trials WHERE study_id = ? "
+                                  "GROUP BY state", study_id)
+    if rows is None:
         counts: dict[str, int] = {}
         for t in storage.get_all_trials(study_id, deepcopy=False):
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         return counts
-
-    query = sqlalchemy.text(
-        "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state")
-    with storage.engine.connect() as conn:
-        rows = conn.execute(query, {"sid": study_id}).all()
     return {(s.name if hasattr(s, "name") else str(s)): n for s, n in rows}
 
 
@@ -44,24 +39,40 @@ def claimed(counts: dict[str, int]) -> int:
 
 def pruned_kinds(storage: Any, study_id: int) -> dict[str, int]:
     """PRUNED trials by cause: the pruner, an error in train, or trial_timeout."""
-    engine = getattr(storage, "engine", None)
-    if engine is None:
-        return count_pruned_kinds(storage.get_all_trials(study_id, deepcopy=False))
-    import sqlalchemy
-
-    query = sqlalchemy.text(
+    rows = database_rows(
+        storage,
         "SELECT COUNT(*), "
         "SUM(CASE WHEN EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = "
-        "t.trial_id AND a.key = :error) THEN 1 ELSE 0 END), "
+        "t.trial_id AND a.key = ?) THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = "
-        "t.trial_id AND a.key = :reason AND a.value_json LIKE :timeout) THEN 1 ELSE 0 END) "
-        "FROM trials t WHERE t.study_id = :sid AND t.state = 'PRUNED'")
-    with engine.connect() as conn:
-        total, errors, timeouts = conn.execute(query, {
-            "error": ERROR_ATTR, "reason": PRUNE_REASON_ATTR, "timeout": f'"{TIMEOUT_PREFIX}%',
-            "sid": study_id}).one()
+        "t.trial_id AND a.key = ? AND a.value_json LIKE ?) THEN 1 ELSE 0 END) "
+        "FROM trials t WHERE t.study_id = ? AND t.state = 'PRUNED'",
+        ERROR_ATTR, PRUNE_REASON_ATTR, f'"{TIMEOUT_PREFIX}%', study_id)
+    if rows is None:
+        return count_pruned_kinds(storage.get_all_trials(study_id, deepcopy=False))
+    total, errors, timeouts = rows[0]
     errors, timeouts = errors or 0, timeouts or 0
     return {"pruner": total - errors - timeouts, "error": errors, "timeout": timeouts}
+
+
+def database_rows(storage: Any, sql: str, *args: Any) -> list[tuple] | None:
+    """The rows of one query (``?`` placeholders) where the storage (under Optuna's cache or
+    not) is a database: on the fast path's own connection, else through SQLAlchemy. None for
+    other storages (journal files)."""
+    backend = getattr(storage, "_backend", storage)
+    if hasattr(backend, "_read_cursor"):  # the fast path: no SQLAlchemy needed
+        with backend._read_cursor() as cur:
+            return cur.all(sql, *args)
+    engine = getattr(backend, "engine", None)
+    if engine is None:
+        return None
+    import sqlalchemy
+
+    parts = sql.split("?")  # as SQLAlchemy's named parameters, which every dialect takes
+    text = parts[0] + "".join(f":p{i}{part}" for i, part in enumerate(parts[1:]))
+    with engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text(text), {f"p{i}": a for i, a in enumerate(args)})
+        return [tuple(row) for row in rows]
 
 
 def pruned_kind(trial: Any) -> str:

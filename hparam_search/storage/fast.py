@@ -5,13 +5,14 @@ and new trials before every suggestion, and each trial writes its row, parameter
 and result. The same statements issued directly on the driver cost a fraction of that. The
 schema, the stored formats and the checks (a finished trial cannot change; a parameter keeps one
 distribution kind per study; unknown ids raise KeyError) are Optuna's, and Optuna's own storage
-test suite runs against this class. Anything else (study creation and attributes, migrations,
-other databases) goes through Optuna's own code.
+test suite runs against this class. Anything else (deleting and listing studies, migrations,
+other databases; on PostgreSQL creating studies and their attributes) goes through Optuna's own
+code, with SQLAlchemy imported only then (orm.py).
 
 The SQL is written once for SQLite and PostgreSQL (sql.py); a small dialect (sqlite.py,
 postgres.py) supplies what differs: placeholders, the write lock, timestamps, the connection.
 This module holds the study reads and the trial writes; the connection and its transactions
-are in transactions.py, the trial reads in trial_reads.py, and ``claim`` (this package's own
+are in transactions.py, the way into Optuna's own code in orm.py, the trial reads in trial_reads.py, and ``claim`` (this package's own
 operation) with the heartbeats in claim.py.
 """
 
@@ -26,20 +27,20 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import sqlalchemy
 from optuna import distributions
 from optuna.storages import RDBStorage
-from optuna.storages._rdb import models
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from .claim import ClaimRequest, Claims, Tally
-from .sql import SET_ATTR, SET_INTER, SET_VALUE, Cursor, enum_name
+from .orm import OrmPath
+from .sql import (SET_ATTR, SET_INTER, SET_VALUE, Cursor, enum_name, stored_intermediate,
+                  stored_value)
 from .transactions import Transactions
 from .trial_reads import TrialReads
 
 
-class FastStorage(Claims, TrialReads, Transactions, RDBStorage):
+class FastStorage(Claims, TrialReads, Transactions, OrmPath, RDBStorage):
     """An ``RDBStorage`` whose hot paths are plain SQL. Subclasses name the dialect."""
 
     #: "?" (sqlite3) or "%s" (psycopg)
@@ -52,17 +53,17 @@ class FastStorage(Claims, TrialReads, Transactions, RDBStorage):
                  ) -> None:
         # Not RDBStorage.__init__: it imports alembic and runs its migration context even when
         # told to skip the checks (a quarter of a second per process); prepare_schema() does
-        # what is needed instead.
+        # what is needed instead. SQLAlchemy (another fifth of a second) is imported only when
+        # something goes through Optuna's own code: see ``engine``.
         self.engine_kwargs = engine_kwargs or {}
-        self.url = self._fill_storage_url_template(url)
+        self.url = self._fill_storage_url_template(url) if "{" in url else url
         self.skip_compatibility_check = True
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.heartbeat_stale_trial_callback = None
         self.failed_trial_callback = None
-        self.engine = sqlalchemy.engine.create_engine(self.url, **self.engine_kwargs)
-        self.scoped_session = sqlalchemy.orm.scoped_session(
-            sqlalchemy.orm.sessionmaker(bind=self.engine))
+        self._engine: Any = None
+        self._scoped_session: Any = None
         self._version_manager_instance: Any = None
         self._lock = threading.RLock()  # one transaction at a time on this storage's connection
         self._tallies: dict[int, Tally] = defaultdict(Tally)
@@ -81,33 +82,9 @@ class FastStorage(Claims, TrialReads, Transactions, RDBStorage):
         self._connected = False  # a connection was opened once: a lost one is tried again
         self._pinned: Any = None  # the driver connection a session lock (PostgreSQL) holds
 
-    # -- Optuna internals this class replaces ------------------------------------------------
-    @property
-    def _version_manager(self) -> Any:
-        """Optuna's schema-version manager, made only for the rare calls that need it."""
-        if self._version_manager_instance is None:
-            from optuna.storages._rdb.storage import _VersionManager
-
-            self._version_manager_instance = _VersionManager(self.url, self.engine,
-                                                             self.scoped_session)
-        return self._version_manager_instance
-
-    def __getstate__(self) -> dict[Any, Any]:
-        state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("engine", "scoped_session", "_version_manager_instance", "_lock")}
-        return state
-
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        self.__dict__.update(state)
-        self.engine = sqlalchemy.engine.create_engine(self.url, **self.engine_kwargs)
-        self.scoped_session = sqlalchemy.orm.scoped_session(
-            sqlalchemy.orm.sessionmaker(bind=self.engine))
-        self._version_manager_instance = None
-        self._lock = threading.RLock()
-
     def prepare_schema(self) -> None:
         """Create Optuna's tables on a new database; check the schema of an existing one.
-        Without alembic on the common paths: an existing database is checked against the
+        Without alembic (nor, on SQLite, SQLAlchemy) on the common paths: an existing database is checked against the
         schema revision Optuna's own migration files name as the newest."""
         from .schema import prepare
 
@@ -115,6 +92,11 @@ class FastStorage(Claims, TrialReads, Transactions, RDBStorage):
             prepare(self)
 
     # -- dialect ---------------------------------------------------------------------------
+    @property
+    def _links(self) -> Any:
+        """Where the fast path's connections come from: ``connect()`` lends one (dialect)."""
+        return self.engine
+
     def _lock_trial(self, cur: Cursor, trial_id: int) -> tuple[str, int] | None:
         """(state, study_id) of a trial, locked against other writers until commit."""
         return cur.one("SELECT state, study_id FROM trials WHERE trial_id = ?", trial_id)
@@ -134,31 +116,7 @@ class FastStorage(Claims, TrialReads, Transactions, RDBStorage):
             value = datetime.datetime.fromisoformat(str(value))
         return value.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
 
-    # -- studies: reads in SQL, writes through Optuna (rare) -----------------------------
-    def create_new_study(self, *args: Any, **kwargs: Any) -> int:
-        with self._lock:
-            return super().create_new_study(*args, **kwargs)
-
-    def delete_study(self, study_id: int) -> None:
-        with self._lock:
-            super().delete_study(study_id)
-            # A new study may be given this id: nothing known of the old one may survive.
-            self._tallies.pop(study_id, None)
-            self._settled.pop(study_id, None)
-            self._checked = {c for c in self._checked if c[0] != study_id}
-
-    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
-        with self._lock:
-            super().set_study_user_attr(study_id, key, value)
-
-    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
-        with self._lock:
-            super().set_study_system_attr(study_id, key, value)
-
-    def get_all_studies(self) -> Any:
-        with self._lock:
-            return super().get_all_studies()
-
+    # -- studies: reads in SQL ---------------------------------------------------------
     def _study_exists(self, cur: Cursor, study_id: int) -> None:
         if cur.one("SELECT 1 FROM studies WHERE study_id = ?", study_id) is None:
             raise KeyError(f"No study with study_id {study_id} exists.")
@@ -248,8 +206,8 @@ class FastStorage(Claims, TrialReads, Transactions, RDBStorage):
         values = template.values if template.values is not None else (
             [template.value] if template.value is not None else [])
         for objective, value in enumerate(values):
-            stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-            cur.run(SET_VALUE, trial_id, objective, stored, kind.name)
+            stored, kind = stored_value(value)
+            cur.run(SET_VALUE, trial_id, objective, stored, kind)
         for name, value in template.params.items():
             dist = template.distributions[name]
             self._check_distribution(cur, study_id, name, dist)
@@ -259,9 +217,8 @@ class FastStorage(Claims, TrialReads, Transactions, RDBStorage):
         self._write_attrs(cur, "trial_user_attributes", trial_id, template.user_attrs)
         self._write_attrs(cur, "trial_system_attributes", trial_id, template.system_attrs)
         for step, value in template.intermediate_values.items():
-            stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
-                value)
-            cur.run(SET_INTER, trial_id, step, stored, kind.name)
+            stored, kind = stored_intermediate(value)
+            cur.run(SET_INTER, trial_id, step, stored, kind)
         return trial_id, number
 
     def _write_attrs(self, cur: Cursor, table: str, trial_id: int, attrs: dict[str, Any]
@@ -368,8 +325,8 @@ class FastStorage(Claims, TrialReads, Transactions, RDBStorage):
                 raise KeyError(f"No trial with trial_id {trial_id} exists.")
             self.check_trial_is_updatable(trial_id, TrialState[enum_name(row[0])])
             for objective, value in enumerate(values or ()):
-                stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-                cur.run(SET_VALUE, trial_id, objective, stored, kind.name)
+                stored, kind = stored_value(value)
+                cur.run(SET_VALUE, trial_id, objective, stored, kind)
             if state == TrialState.RUNNING:
                 # Taking a WAITING (enqueued) trial: two processes can never both get it.
                 if enum_name(row[0]) != "WAITING":
@@ -399,11 +356,10 @@ class FastStorage(Claims, TrialReads, Transactions, RDBStorage):
 
     def set_trial_intermediate_value(self, trial_id: int, step: int,
                                      intermediate_value: float) -> None:
-        stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
-            intermediate_value)
+        stored, kind = stored_intermediate(intermediate_value)
         with self._write() as cur:
             self._updatable(cur, trial_id)
-            cur.run(SET_INTER, trial_id, step, stored, kind.name)
+            cur.run(SET_INTER, trial_id, step, stored, kind)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         self._set_attrs("trial_system_attributes", trial_id, {key: value})

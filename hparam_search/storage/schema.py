@@ -1,7 +1,9 @@
 """Optuna's tables on a new database, and the schema check on an existing one, done the way
 Optuna does them but without importing alembic (a quarter of a second per process start):
-the newest schema revision is read from Optuna's own migration files. Whenever the quick
-check cannot vouch for a database, Optuna's own check runs and says what to do."""
+the newest schema revision is read from Optuna's own migration files. On a SQLite file whose
+tables are Optuna's newest (optuna_tables.py), it is all plain SQL, without SQLAlchemy either.
+Whenever the quick check cannot vouch for a database, Optuna's own check runs and says what
+to do."""
 
 from __future__ import annotations
 
@@ -10,16 +12,26 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy
 from optuna import version
-from optuna.storages._rdb import models
+
+from . import optuna_tables
+from .sql import Cursor
 
 _REVISION = re.compile(r'^(down_revision|revision)\s*=\s*["\']?([^"\'\s]+)["\']?', re.M)
+_SCHEMA_VERSION = re.compile(r"^SCHEMA_VERSION\s*=\s*(\d+)", re.M)
+# As alembic words it: SQLite keeps each table's statement, so the schema reads as Optuna's.
+_ALEMBIC_TABLE = ("CREATE TABLE IF NOT EXISTS alembic_version (\n\tversion_num VARCHAR(32) NOT "
+                  "NULL, \n\tCONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)\n)")
 
 
 def prepare(storage: Any) -> None:
     """Create missing tables and the version row (as Optuna's RDBStorage does), then check
     that an existing database is at the schema this Optuna writes."""
+    if _prepare_sqlite(storage):
+        return
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
     engine = storage.engine
     models.BaseModel.metadata.create_all(engine)
     with engine.begin() as conn:
@@ -32,9 +44,7 @@ def prepare(storage: Any) -> None:
                 {"schema": models.SCHEMA_VERSION, "library": version.__version__})
             head = head_revision()
             if head is not None:  # ... and the revision stamp its alembic setup writes
-                conn.execute(sqlalchemy.text(
-                    "CREATE TABLE IF NOT EXISTS alembic_version (version_num VARCHAR(32) NOT "
-                    "NULL, CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"))
+                conn.execute(sqlalchemy.text(_ALEMBIC_TABLE))
                 conn.execute(sqlalchemy.text(
                     "INSERT INTO alembic_version (version_num) VALUES (:head)"), {"head": head})
             new = True
@@ -56,6 +66,55 @@ def prepare(storage: Any) -> None:
         return
     # Older (or newer) than this Optuna: let Optuna say so, with its upgrade advice.
     storage._version_manager.check_table_schema_compatibility()
+
+
+def _prepare_sqlite(storage: Any) -> bool:
+    """``prepare`` in plain SQL on a SQLite file, when this Optuna's tables are the ones
+    optuna_tables.py holds; False when the general path must do it (another schema, a database
+    with only some of the tables)."""
+    if (getattr(storage, "_direct", None) is None or head_revision() != optuna_tables.REVISION
+            or models_schema_version() != optuna_tables.SCHEMA_VERSION):
+        return False
+    with storage._write() as cur:  # the write lock: launchers starting together take turns
+        names = {n for (n,) in cur.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = set(optuna_tables.TABLES)
+        if not names & tables:
+            for statement in optuna_tables.STATEMENTS:
+                cur.run(statement)
+        elif not tables <= names:
+            return False
+        row = cur.one("SELECT schema_version FROM version_info")
+        if row is None:
+            _stamp(cur)
+            return True
+        found = (cur.one("SELECT version_num FROM alembic_version")
+                 if "alembic_version" in names else None)
+    revision = found[0] if found else None
+    if revision is None and row[0] == optuna_tables.SCHEMA_VERSION:
+        return True  # Optuna stamps the newest revision itself the first time it opens this file
+    if revision == optuna_tables.REVISION:
+        return True
+    storage._version_manager.check_table_schema_compatibility()  # with Optuna's advice
+    return True
+
+
+def _stamp(cur: Cursor) -> None:
+    """What Optuna writes on a new database: its version row and alembic's revision stamp."""
+    cur.run("INSERT INTO version_info (version_info_id, schema_version, library_version) "
+            "VALUES (1, ?, ?)", optuna_tables.SCHEMA_VERSION, version.__version__)
+    cur.run(_ALEMBIC_TABLE)
+    cur.run("INSERT INTO alembic_version (version_num) VALUES (?)", optuna_tables.REVISION)
+
+
+@lru_cache(maxsize=1)
+def models_schema_version() -> int | None:
+    """SCHEMA_VERSION of Optuna's models, read from their source (importing them imports
+    SQLAlchemy's ORM)."""
+    import optuna.storages._rdb as rdb
+
+    found = _SCHEMA_VERSION.search((Path(rdb.__file__).parent / "models.py").read_text(
+        encoding="utf-8"))
+    return int(found.group(1)) if found else None
 
 
 @lru_cache(maxsize=1)

@@ -4,6 +4,7 @@ distributions read back."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -68,12 +69,13 @@ class Cursor:
         self._execute(sql, args)
         return self._cur.rowcount
 
-    def insert(self, sql: str, *args: Any) -> int:
-        """Run an INSERT into ``trials``; the new trial_id."""
+    def insert(self, sql: str, *args: Any, key: str = "trial_id") -> int:
+        """Run an INSERT (into ``trials`` unless ``key`` names another table's id column);
+        the new row's id."""
         if not self._returning:  # SQLite before 3.35
             self._execute(sql, args)
             return self._cur.lastrowid
-        self._execute(sql + " RETURNING trial_id", args)
+        self._execute(f"{sql} RETURNING {key}", args)
         return self._cur.fetchone()[0]
 
     def one(self, sql: str, *args: Any) -> tuple | None:
@@ -99,3 +101,31 @@ def distribution_of(text: str) -> distributions.BaseDistribution:
 def enum_name(value: Any) -> str:
     """An enum column as its name (SQLite gives text; other drivers may give an enum)."""
     return value.name if hasattr(value, "name") else str(value)
+
+
+# How Optuna's tables hold a value and an intermediate value: infinities (and NaN, for
+# intermediate values) as a type with no number; what optuna.storages._rdb.models does, without
+# importing SQLAlchemy's ORM for it.
+def stored_value(value: float) -> tuple[float | None, str]:
+    """(value, value_type) of a trial value."""
+    if value == math.inf:
+        return None, "INF_POS"
+    if value == -math.inf:
+        return None, "INF_NEG"
+    return value, "FINITE"
+
+
+def stored_intermediate(value: float) -> tuple[float | None, str]:
+    """(intermediate_value, intermediate_value_type) of an intermediate value."""
+    if math.isnan(value):
+        return None, "NAN"
+    return stored_value(value)
+
+
+def value_of(stored: float | None, kind: Any) -> float:
+    """A value (or intermediate value) from its stored form."""
+    name = enum_name(kind)
+    if name == "FINITE":
+        assert stored is not None
+        return stored
+    return {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}[name]

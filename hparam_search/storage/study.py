@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import HparamSearchError
 from .attrs import ENQUEUED_ATTR, RUN_ATTR, RUN_ATTR_OF_TRIAL, RUNS_ATTR, study_id
 from .budget import budget_lock
+from .counts import database_rows
 
 if TYPE_CHECKING:
     import optuna
@@ -89,10 +90,6 @@ def _backend(storage: Any) -> Any:
     return getattr(storage, "_backend", storage)
 
 
-def _engine(storage: Any) -> Any:
-    return getattr(_backend(storage), "engine", None)
-
-
 def _canonical(entry: dict[str, Any]) -> str:
     return json.dumps(entry, sort_keys=True, default=str)
 
@@ -102,18 +99,14 @@ def stored_distributions(storage: Any, sid: int) -> dict[str, Any]:
     within a study), read with one query where the storage is a database."""
     from optuna.distributions import json_to_distribution
 
-    engine = _engine(storage)
-    if engine is None:
+    rows = database_rows(
+        storage, "SELECT p.param_name, MIN(p.distribution_json) FROM trial_params p JOIN "
+                 "trials t ON p.trial_id = t.trial_id WHERE t.study_id = ? GROUP BY p.param_name",
+        sid)
+    if rows is None:
         found: dict[str, Any] = {}
         for trial in storage.get_all_trials(sid, deepcopy=False):
             for name, dist in trial.distributions.items():
                 found.setdefault(name, dist)
         return found
-    import sqlalchemy
-
-    query = sqlalchemy.text(
-        "SELECT p.param_name, MIN(p.distribution_json) FROM trial_params p JOIN trials t "
-        "ON p.trial_id = t.trial_id WHERE t.study_id = :sid GROUP BY p.param_name")
-    with engine.connect() as conn:
-        rows = conn.execute(query, {"sid": sid}).all()
     return {name: json_to_distribution(text) for name, text in rows}

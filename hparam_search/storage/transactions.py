@@ -22,7 +22,8 @@ LOCK_LOST = ("the connection to the database was lost while this process held a 
 
 
 class Transactions:
-    """Mixed into the fast storage, which supplies ``engine``, ``placeholder``,
+    """Mixed into the fast storage, which supplies ``_links`` (SQLAlchemy's engine, or what
+    stands in for it: ``connect()`` lends a connection), ``placeholder``,
     ``returning``, ``_lock`` (one transaction at a time on the connection; its heartbeat
     thread shares it), ``_connected``, ``_pinned`` (see ``session_lock``), and the writes
     ``batched()`` holds back (``_queued``, ``_batching``, ``_flush``)."""
@@ -63,15 +64,15 @@ class Transactions:
                     self._drop_if_lost(conn)
 
     def _connection(self) -> Any:
-        """The engine's connection. One that was lost and could not be opened again at once
+        """A connection from ``_links``. One that was lost and could not be opened again at once
         is tried for RECONNECT_S seconds; never the first (a wrong address or password says so
         at once), and never while a session lock lives on the old one (see _driver)."""
         try:
-            conn = self.engine.connect()
+            conn = self._links.connect()
         except Exception as exc:  # noqa: BLE001 - sorted out just below
             if not (self._connected and self._pinned is None and self._is_operational(exc)):
                 raise
-            conn = self._until_open(self.engine.connect, exc)
+            conn = self._until_open(self._links.connect, exc)
         self._connected = True
         return conn
 

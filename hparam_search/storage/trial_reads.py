@@ -9,16 +9,11 @@ from collections import defaultdict
 from collections.abc import Container, Sequence
 from typing import Any
 
-from optuna.storages._rdb import models
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from .sql import MAX_IDS, Cursor, distribution_of, enum_name
+from .sql import MAX_IDS, Cursor, distribution_of, enum_name, value_of
 
-_VALUE_TYPE = models.TrialValueModel.TrialValueType
-_INTER_TYPE = models.TrialIntermediateValueModel.TrialIntermediateValueType
-_VALUE_OF = models.TrialValueModel.stored_repr_to_value
-_INTER_OF = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
 # Everything hanging off some trials (a round trip counts on a database server): (kind,
 # trial_id, order, name, number, text) rows of params (0), values (1), user (2) and system (3)
 # attributes and intermediate values (4).
@@ -97,7 +92,11 @@ class TrialReads:
         if len(directions) > 1:
             raise RuntimeError("Best trial can be obtained only for single-objective "
                                "optimization.")
-        order = "DESC" if directions[0] == StudyDirection.MAXIMIZE else "ASC"
+        return self.get_trial(self._get_best_trial_id(study_id, directions[0]))
+
+    def _get_best_trial_id(self, study_id: int, direction: StudyDirection) -> int:
+        """Optuna's order: infinities by sign, then the value; Optuna's cache asks for this."""
+        order = "DESC" if direction == StudyDirection.MAXIMIZE else "ASC"
         with self._read_cursor() as cur:
             row = cur.one(
                 "SELECT t.trial_id FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
@@ -106,7 +105,7 @@ class TrialReads:
                 f"{order}, v.value {order}, t.trial_id LIMIT 1", study_id)
         if row is None:
             raise ValueError("No trials are completed yet.")
-        return self.get_trial(row[0])
+        return row[0]
 
     def _get_trials(self, study_id: int, states: Container[TrialState] | None,
                     included_trial_ids: set[int], trial_id_greater_than: int
@@ -168,7 +167,7 @@ class TrialReads:
         tid, number, state, start, complete = row
         params = kids["params"].get(tid, [])  # (trial_id, name, value, distribution)
         dists = {p[1]: distribution_of(p[3]) for p in params}
-        values = [_VALUE_OF(v[2], _VALUE_TYPE[v[1]]) for v in kids["values"].get(tid, [])]
+        values = [value_of(v[2], v[1]) for v in kids["values"].get(tid, [])]
         return FrozenTrial(
             number=number, state=TrialState[enum_name(state)], value=None, values=values or None,
             datetime_start=self._when(start), datetime_complete=self._when(complete),
@@ -176,7 +175,7 @@ class TrialReads:
             distributions=dists,
             user_attrs={a[1]: json.loads(a[3]) for a in kids["user"].get(tid, [])},
             system_attrs={a[1]: json.loads(a[3]) for a in kids["system"].get(tid, [])},
-            intermediate_values={v[4]: _INTER_OF(v[2], _INTER_TYPE[v[1]])
+            intermediate_values={v[4]: value_of(v[2], v[1])
                                  for v in kids["inter"].get(tid, [])},
             trial_id=tid,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import importlib.util
 from pathlib import Path
 
@@ -156,3 +157,35 @@ def test_a_trial_left_running_by_a_dead_host_is_failed_after_its_heartbeat_stops
     assert trials[0].state.name == "FAIL"  # the dead host's trial
     states = [t.state.name for t in trials]
     assert states.count("COMPLETE") == 6 and "RUNNING" not in states
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_a_sqlite_search_never_imports_sqlalchemy(project: UserProject, start_method: str
+                                                  ) -> None:
+    """Its import is a fifth of a second of every start: neither the launcher creating the
+    study, nor a worker running trials, nor the summary needs it on SQLite."""
+    project.write_script(body="""
+        import atexit, json, os, sys
+        from hparam_search import hparam_search
+
+        @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+        def train(config):
+            with open(f"worker-{os.getpid()}.json", "w") as f:
+                json.dump("sqlalchemy" in sys.modules, f)
+            return config["x"] ** 2
+
+        def launcher_done():
+            with open("launcher.json", "w") as f:
+                json.dump("sqlalchemy" in sys.modules, f)
+
+        if __name__ == "__main__":
+            atexit.register(launcher_done)
+            train()
+    """)
+    project.write_config(n_jobs=2, n_trials=4, start_method=start_method)
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    assert project.states() == {"COMPLETE": 4}
+    seen = {p.name: json.loads(p.read_text()) for p in project.root.glob("*.json")}
+    assert "launcher.json" in seen and len(seen) >= 2, seen
+    assert not any(seen.values()), seen

@@ -3,6 +3,7 @@ does, in any time zone; the claim takes trials in the promised order within the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -278,3 +279,44 @@ def test_a_new_database_is_at_optunas_newest_schema_and_an_old_one_is_refused(
     with pytest.raises(Exception) as caught:
         st.open_storage(fresh_url, create=True)
     assert "optuna storage upgrade" in str(caught.value)
+
+
+def _schema(path: Path) -> list[tuple]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return [*conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master "
+                              "ORDER BY type, name"),
+                *conn.execute("SELECT version_info_id, schema_version, library_version "
+                              "FROM version_info"),
+                *conn.execute("SELECT version_num FROM alembic_version")]
+
+
+def test_a_new_sqlite_database_gets_exactly_the_tables_optuna_makes(tmp_path: Path) -> None:
+    """optuna_tables.py holds Optuna's tables as SQL, so that a new study needs no SQLAlchemy:
+    the file must be the one Optuna's own storage makes, down to the statements' text."""
+    from hparam_search.storage import optuna_tables, schema
+
+    if schema.head_revision() != optuna_tables.REVISION:
+        pytest.skip("this Optuna has another schema: its models make the tables (tested below)")
+    theirs, ours = tmp_path / "optuna.db", tmp_path / "ours.db"
+    optuna.storages.RDBStorage(f"sqlite:///{theirs}").engine.dispose()
+    st.close_storage(st.open_storage(f"sqlite:///{ours}", create=True))
+    assert _schema(ours) == _schema(theirs)
+    assert len(_schema(ours)) > len(optuna_tables.STATEMENTS)
+
+
+def test_another_optuna_schema_makes_its_tables_through_optuna(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hparam_search.storage import optuna_tables
+
+    monkeypatch.setattr(optuna_tables, "REVISION", "some-other-revision")
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    storage = st.open_storage(url, create=True)
+    try:
+        assert storage._engine is not None  # Optuna's models made them, through SQLAlchemy
+        optuna.create_study(study_name="s", storage=storage).optimize(
+            lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    finally:
+        st.close_storage(storage)
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 2

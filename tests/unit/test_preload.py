@@ -10,20 +10,17 @@ import pytest
 from hparam_search.launch.worker import PRELOAD, preload_for
 
 
-@pytest.mark.parametrize("url, driver", [
-    ("sqlite:////tmp/x.db", "sqlalchemy.dialects.sqlite.pysqlite"),
-    ("postgresql+psycopg://u@h/db", "psycopg"),
+@pytest.mark.parametrize("url, extra", [
+    ("sqlite:////tmp/x.db", []),
+    ("journal:/tmp/x.log", []),
+    ("postgresql+psycopg://u@h/db", ["sqlalchemy.orm", "hparam_search.storage.postgres",
+                                     "psycopg", "sqlalchemy.dialects.postgresql.psycopg"]),
+    ("mysql+pymysql://u@h/db", ["sqlalchemy.orm"]),
 ])
-def test_each_fast_path_preloads_its_driver(url: str, driver: str) -> None:
+def test_each_storage_preloads_what_it_opens_with(url: str, extra: list[str]) -> None:
     names = preload_for(url)
-    assert names[:len(PRELOAD)] == list(PRELOAD)
-    assert driver in names
+    assert names == [*PRELOAD, *extra]
     for name in names:
         if name.split(".")[0] == "psycopg" and importlib.util.find_spec("psycopg") is None:
             continue  # the postgres extra is optional
         assert importlib.util.find_spec(name) is not None, name
-
-
-def test_other_storages_preload_no_driver() -> None:
-    assert preload_for("journal:/tmp/x.log") == list(PRELOAD)
-    assert preload_for("mysql+pymysql://u@h/db") == list(PRELOAD)

@@ -1,0 +1,69 @@
+"""Driver connections kept for the next transaction: what the fast path needs of SQLAlchemy's
+pool, for a file database (SQLite), without importing SQLAlchemy."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+
+
+class DriverPool:
+    """The driver's connections to one file, kept for the next transaction: what the fast path
+    needs of SQLAlchemy's pool. A transaction borrows one; one that runs inside another (on
+    the same thread) gets a second, as from SQLAlchemy's pool."""
+
+    def __init__(self, open_: Callable[[], sqlite3.Connection]) -> None:
+        self._open = open_
+        self._idle: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+
+    def connect(self) -> Lent:
+        with self._guard:
+            raw = self._idle.pop() if self._idle else None
+        return Lent(self, raw if raw is not None else self._open())
+
+    def give_back(self, raw: sqlite3.Connection) -> None:
+        with self._guard:
+            self._idle.append(raw)
+
+    def dispose(self) -> None:
+        with self._guard:
+            idle, self._idle = self._idle, []
+        for raw in idle:
+            raw.close()
+
+
+class Lent:
+    """One lent connection, with the parts of SQLAlchemy's ``Connection`` the transactions
+    use (``connection.driver_connection``, ``invalidate``, ``close``)."""
+
+    def __init__(self, pool: DriverPool, raw: sqlite3.Connection) -> None:
+        self._pool, self.driver_connection = pool, raw
+        self.closed = self.invalidated = False
+
+    @property
+    def connection(self) -> Lent:
+        return self
+
+    def invalidate(self) -> None:
+        if not (self.closed or self.invalidated):
+            self.invalidated = True
+            self.driver_connection.close()
+
+    def close(self) -> None:
+        if not (self.closed or self.invalidated):
+            self.closed = True
+            try:
+                if self.driver_connection.in_transaction:  # as the pool's reset on return does
+                    self.driver_connection.rollback()
+            except sqlite3.Error:
+                self.driver_connection.close()
+                return
+            self._pool.give_back(self.driver_connection)
+
+    def __enter__(self) -> Lent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -79,6 +79,7 @@ class Studies:
         if key in self.built:
             return self.built[key]
         import hparam_search
+        from hparam_search.storage import close_storage
 
         if storage == "sqlite":
             path = self.root / "templates" / f"t{size}.db"
@@ -92,7 +93,7 @@ class Studies:
         st = hparam_search.open_storage(url)
         optuna.create_study(study_name="tmpl", storage=st, direction="minimize")
         took = bulk_add_trials(st, "tmpl", size, params=PARAMS, steps=STEPS) if size else 0.0
-        st.engine.dispose()
+        close_storage(st)  # its own connections and SQLAlchemy's
         if storage == "sqlite":  # fold the WAL into the file that is copied
             with contextlib.closing(sqlite3.connect(path)) as conn:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -79,6 +79,7 @@ def build(root: Path, storage: str, url: str | None, size: int, seed_trials: int
           ) -> tuple[str, str, dict[str, Any]]:
     """The large study: (its URL, its name, how long each part took)."""
     import hparam_search
+    from hparam_search.storage import close_storage
 
     tag = storage
     name = f"large_{tag}"
@@ -94,7 +95,7 @@ def build(root: Path, storage: str, url: str | None, size: int, seed_trials: int
     took = bulk_add_trials(st, name, size - seed_trials, params=PARAMS, steps=STEPS,
                            user_attrs=template.user_attrs, system_attrs=template.system_attrs,
                            template_number=template.number)
-    st.engine.dispose()
+    close_storage(st)  # its own connections and SQLAlchemy's
     check_bulk_trial(url, name, size - 1, PARAMS, STEPS)
     return url, name, {"seed_launch_s": res["wall_s"], "bulk_s": took}
 

@@ -40,6 +40,7 @@ def open_storage(url: str, *, create: bool) -> Any:
     storages otherwise. ``create`` makes tables and checks the schema version (the launcher
     does that once); workers skip both to start fast."""
     import optuna
+    from optuna.exceptions import StorageInternalError
 
     journal = journal_path(url)
     if journal is not None:
@@ -83,7 +84,7 @@ def open_storage(url: str, *, create: bool) -> Any:
                                 source=mask_secrets(url), key="storage",
                                 fix="Install the driver, e.g. pip install "
                                     "'hparam-search[postgres]'.") from exc
-    except (*_database_errors(), RuntimeError) as exc:
+    except (*_database_errors(), StorageInternalError, RuntimeError) as exc:
         raise HparamSearchError(f"cannot open the study storage: {driver_message(exc)}",
                                 source=mask_secrets(url),
                                 fix=refused_fix(exc) or

@@ -3,9 +3,15 @@ pool, for a file database (SQLite), without importing SQLAlchemy."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
+
+# Every pool of this process: a child forked from it must not use (nor close) the parent's
+# connections, whose locks SQLite tracks per process.
+_POOLS: weakref.WeakSet[DriverPool] = weakref.WeakSet()
 
 
 class DriverPool:
@@ -17,6 +23,12 @@ class DriverPool:
         self._open = open_
         self._idle: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
+        _POOLS.add(self)
+
+    def _forget(self) -> None:
+        """In a forked child: the parent's connections are left alone (never closed here)."""
+        self._forgotten = self._idle  # kept referenced: closing them would touch their locks
+        self._idle, self._guard = [], threading.Lock()
 
     def connect(self) -> Lent:
         with self._guard:
@@ -67,3 +79,12 @@ class Lent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool._forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -12,8 +12,8 @@ code, with SQLAlchemy imported only then (orm.py).
 The SQL is written once for SQLite and PostgreSQL (sql.py); a small dialect (sqlite.py,
 postgres.py) supplies what differs: placeholders, the write lock, timestamps, the connection.
 This module holds the study reads and the trial writes; the connection and its transactions
-are in transactions.py, the way into Optuna's own code in orm.py, the trial reads in trial_reads.py, and ``claim`` (this package's own
-operation) with the heartbeats in claim.py.
+are in transactions.py, the way into Optuna's own code in orm.py, the trial reads in
+trial_reads.py, and ``claim`` (this package's own operation) with the heartbeats in claim.py.
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ class FastStorage(Claims, TrialReads, Transactions, OrmPath, RDBStorage):
 
     def prepare_schema(self) -> None:
         """Create Optuna's tables on a new database; check the schema of an existing one.
-        Without alembic (nor, on SQLite, SQLAlchemy) on the common paths: an existing database is checked against the
-        schema revision Optuna's own migration files name as the newest."""
+        Without alembic (nor, on SQLite, SQLAlchemy) on the common paths: an existing
+        database is checked against the schema revision Optuna's own migration files name as
+        the newest."""
         from .schema import prepare
 
         with self._lock:

@@ -71,31 +71,47 @@ def prepare(storage: Any) -> None:
 def _prepare_sqlite(storage: Any) -> bool:
     """``prepare`` in plain SQL on a SQLite file, when this Optuna's tables are the ones
     optuna_tables.py holds; False when the general path must do it (another schema, a database
-    with only some of the tables)."""
+    with only some of the tables). A database that is ready is only read."""
     if (getattr(storage, "_direct", None) is None or head_revision() != optuna_tables.REVISION
             or models_schema_version() != optuna_tables.SCHEMA_VERSION):
         return False
-    with storage._write() as cur:  # the write lock: launchers starting together take turns
-        names = {n for (n,) in cur.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        tables = set(optuna_tables.TABLES)
-        if not names & tables:
-            for statement in optuna_tables.STATEMENTS:
-                cur.run(statement)
-        elif not tables <= names:
-            return False
-        row = cur.one("SELECT schema_version FROM version_info")
-        if row is None:
-            _stamp(cur)
-            return True
-        found = (cur.one("SELECT version_num FROM alembic_version")
-                 if "alembic_version" in names else None)
-    revision = found[0] if found else None
-    if revision is None and row[0] == optuna_tables.SCHEMA_VERSION:
+    with storage._read_cursor() as cur:
+        found = _tables(cur)
+    if found == "some":
+        return False
+    if found == "none" or found[0] is None:
+        with storage._write() as cur:  # the write lock: launchers starting together take turns
+            found = _tables(cur)  # again, now that no other process can change it
+            if found == "some":
+                return False
+            if found == "none":
+                for statement in optuna_tables.STATEMENTS:
+                    cur.run(statement)
+            if found == "none" or found[0] is None:  # a new database: Optuna's version row
+                _stamp(cur)
+                return True
+    schema_version, revision = found
+    if revision is None and schema_version == optuna_tables.SCHEMA_VERSION:
         return True  # Optuna stamps the newest revision itself the first time it opens this file
     if revision == optuna_tables.REVISION:
         return True
     storage._version_manager.check_table_schema_compatibility()  # with Optuna's advice
     return True
+
+
+def _tables(cur: Cursor) -> str | tuple[int | None, str | None]:
+    """"none" or "some" of Optuna's tables, or with all of them (schema_version, alembic
+    revision), None for a missing row."""
+    names = {n for (n,) in cur.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = set(optuna_tables.TABLES)
+    if not names & tables:
+        return "none"
+    if not tables <= names:
+        return "some"
+    row = cur.one("SELECT schema_version FROM version_info")
+    stamp = (cur.one("SELECT version_num FROM alembic_version")
+             if "alembic_version" in names else None)
+    return (row[0] if row else None, stamp[0] if stamp else None)
 
 
 def _stamp(cur: Cursor) -> None:

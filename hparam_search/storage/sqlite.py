@@ -53,10 +53,11 @@ class FastSQLiteStorage(FastStorage):
         self._direct = self._connections()
 
     def _connections(self) -> DriverPool | None:
-        """Driver connections to a plain file path; anything SQLAlchemy would parse further (a
-        query in the URL) goes through SQLAlchemy."""
+        """Driver connections to a plain file path; anything SQLAlchemy would read otherwise
+        (a query, %-escapes, an in-memory database) goes through SQLAlchemy, so that Optuna's
+        own code and the fast path always open the same database."""
         path = sqlite_path(self.url)
-        if path is None or "?" in self.url:
+        if path is None or any(c in self.url for c in "?%") or str(path) in ("", ":memory:"):
             return None
         timeout = float(self.engine_kwargs.get("connect_args", {}).get("timeout", 5.0))
         return DriverPool(functools.partial(_connect, str(path), timeout))

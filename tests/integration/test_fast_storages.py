@@ -320,3 +320,80 @@ def test_another_optuna_schema_makes_its_tables_through_optuna(
     finally:
         st.close_storage(storage)
     assert len(optuna.load_study(study_name="s", storage=url).trials) == 2
+
+
+def test_opening_a_ready_sqlite_study_only_reads(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launcher starting while another process writes must not queue behind it (nor fail
+    when the write outlasts the busy timeout) just to check the schema."""
+    import sqlite3
+
+    from hparam_search.storage import connect
+
+    url = f"sqlite:///{tmp_path / 'ready.db'}"
+    st.close_storage(st.open_storage(url, create=True))
+    monkeypatch.setattr(connect, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    with contextlib.closing(sqlite3.connect(tmp_path / "ready.db")) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        storage = st.open_storage(url, create=True)
+        st.close_storage(storage)
+        writer.rollback()
+
+
+def test_a_locked_new_database_is_a_clear_error(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from hparam_search.errors import HparamSearchError
+    from hparam_search.storage import connect
+
+    path = tmp_path / "new.db"
+    monkeypatch.setattr(connect, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    with contextlib.closing(sqlite3.connect(path)) as writer:
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("CREATE TABLE other (x INTEGER)")
+        with pytest.raises(HparamSearchError, match="cannot open the study storage"):
+            st.open_storage(f"sqlite:///{path}", create=True)
+        writer.rollback()
+
+
+def test_fast_path_and_optuna_open_the_same_file_for_any_sqlite_url(tmp_path: Path) -> None:
+    """SQLAlchemy decodes %-escapes in a URL's path: such URLs go through it for every use."""
+    (tmp_path / "a b").mkdir()
+    url = f"sqlite:///{tmp_path}/a%20b/s.db"
+    storage = st.open_storage(url, create=True)
+    try:
+        optuna.create_study(study_name="s", storage=storage).optimize(
+            lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    finally:
+        st.close_storage(storage)
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 2
+
+
+# Python 3.12+ warns about fork() when another test left a thread running; none runs here.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_never_uses_its_parents_sqlite_connections(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    storage = st.open_storage(url, create=True)
+    optuna.create_study(study_name="f", storage=storage).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    parents = list(storage._direct._idle)
+    assert parents
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its pool starts empty, and a trial opens its own connection
+        ok = not storage._direct._idle
+        optuna.load_study(study_name="f", storage=storage).optimize(
+            lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+        ok = ok and all(c not in parents for c in storage._direct._idle)
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    try:
+        assert storage._direct._idle == parents
+        assert len(optuna.load_study(study_name="f", storage=storage).trials) == 3
+    finally:
+        st.close_storage(storage)

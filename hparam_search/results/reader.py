@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import HparamSearchError
 from ..storage import (RETRY_HISTORY_ATTR, RUNS_ATTR, count_pruned_kinds, journal_path,
                        mask_secrets)
-from ..storage.counts import ERROR_ATTR, PRUNE_REASON_ATTR, TIMEOUT_PREFIX
+from ..storage.counts import PRUNED_KINDS_SQL, pruned_kinds_args, pruned_kinds_of
 
 _CHUNK = 900  # ids per IN (...) list: below SQLite's bound-variable limit
 
@@ -159,16 +159,7 @@ class StudyReader:
     def pruned_kinds(self) -> dict[str, int]:
         if self._journal is not None:
             return count_pruned_kinds(self._journal.get_trials(deepcopy=False))
-        total, errors, timeouts = self._one(
-            "SELECT COUNT(*), "
-            "SUM(CASE WHEN EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = "
-            "t.trial_id AND a.key = ?) THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = "
-            "t.trial_id AND a.key = ? AND a.value_json LIKE ?) THEN 1 ELSE 0 END) "
-            "FROM trials t WHERE t.study_id = ? AND t.state = 'PRUNED'",
-            [ERROR_ATTR, PRUNE_REASON_ATTR, f'"{TIMEOUT_PREFIX}%', self.study_id]) or (0, 0, 0)
-        errors, timeouts = errors or 0, timeouts or 0
-        return {"pruner": total - errors - timeouts, "error": errors, "timeout": timeouts}
+        return pruned_kinds_of(self._one(PRUNED_KINDS_SQL, pruned_kinds_args(self.study_id)))
 
     def times(self) -> tuple[datetime.datetime | None, datetime.datetime | None]:
         """First trial start and last activity (a finish, or a start still running)."""

@@ -37,22 +37,33 @@ def claimed(counts: dict[str, int]) -> int:
     return finished(counts) + counts.get("RUNNING", 0)
 
 
-def pruned_kinds(storage: Any, study_id: int) -> dict[str, int]:
-    """PRUNED trials by cause: the pruner, an error in train, or trial_timeout."""
-    rows = database_rows(
-        storage,
-        "SELECT COUNT(*), "
-        "SUM(CASE WHEN EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = "
-        "t.trial_id AND a.key = ?) THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = "
-        "t.trial_id AND a.key = ? AND a.value_json LIKE ?) THEN 1 ELSE 0 END) "
-        "FROM trials t WHERE t.study_id = ? AND t.state = 'PRUNED'",
-        ERROR_ATTR, PRUNE_REASON_ATTR, f'"{TIMEOUT_PREFIX}%', study_id)
-    if rows is None:
-        return count_pruned_kinds(storage.get_all_trials(study_id, deepcopy=False))
-    total, errors, timeouts = rows[0]
+# PRUNED trials of a study (?) by cause: (all, errors in train, trial_timeout).
+PRUNED_KINDS_SQL = (
+    "SELECT COUNT(*), "
+    "SUM(CASE WHEN EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = "
+    "t.trial_id AND a.key = ?) THEN 1 ELSE 0 END), "
+    "SUM(CASE WHEN EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = "
+    "t.trial_id AND a.key = ? AND a.value_json LIKE ?) THEN 1 ELSE 0 END) "
+    "FROM trials t WHERE t.study_id = ? AND t.state = 'PRUNED'")
+
+
+def pruned_kinds_args(study_id: int) -> tuple[Any, ...]:
+    return ERROR_ATTR, PRUNE_REASON_ATTR, f'"{TIMEOUT_PREFIX}%', study_id
+
+
+def pruned_kinds_of(row: tuple | None) -> dict[str, int]:
+    """PRUNED_KINDS_SQL's row as counts by cause."""
+    total, errors, timeouts = row or (0, 0, 0)
     errors, timeouts = errors or 0, timeouts or 0
     return {"pruner": total - errors - timeouts, "error": errors, "timeout": timeouts}
+
+
+def pruned_kinds(storage: Any, study_id: int) -> dict[str, int]:
+    """PRUNED trials by cause: the pruner, an error in train, or trial_timeout."""
+    rows = database_rows(storage, PRUNED_KINDS_SQL, *pruned_kinds_args(study_id))
+    if rows is None:
+        return count_pruned_kinds(storage.get_all_trials(study_id, deepcopy=False))
+    return pruned_kinds_of(rows[0] if rows else None)
 
 
 def database_rows(storage: Any, sql: str, *args: Any) -> list[tuple] | None:

@@ -10,8 +10,9 @@ import weakref
 from collections.abc import Callable
 
 # Every pool of this process: a child forked from it must not use (nor close) the parent's
-# connections, whose locks SQLite tracks per process.
+# connections, whose locks SQLite tracks per process. It keeps them here, unused.
 _POOLS: weakref.WeakSet[DriverPool] = weakref.WeakSet()
+_INHERITED: list[sqlite3.Connection] = []
 
 
 class DriverPool:
@@ -21,14 +22,20 @@ class DriverPool:
 
     def __init__(self, open_: Callable[[], sqlite3.Connection]) -> None:
         self._open = open_
-        self._idle: list[sqlite3.Connection] = []
-        self._guard = threading.Lock()
+        self._start()
         _POOLS.add(self)
 
+    def _start(self) -> None:
+        self._idle: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        # A pool nobody holds any more closes its connections, as SQLAlchemy's does.
+        self._finalizer = weakref.finalize(self, _close_all, self._idle)
+
     def _forget(self) -> None:
-        """In a forked child: the parent's connections are left alone (never closed here)."""
-        self._forgotten = self._idle  # kept referenced: closing them would touch their locks
-        self._idle, self._guard = [], threading.Lock()
+        """In a forked child: the parent's connections are left alone."""
+        self._finalizer.detach()
+        _INHERITED.extend(self._idle)
+        self._start()
 
     def connect(self) -> Lent:
         with self._guard:
@@ -41,9 +48,17 @@ class DriverPool:
 
     def dispose(self) -> None:
         with self._guard:
-            idle, self._idle = self._idle, []
-        for raw in idle:
+            idle = self._idle[:]
+            self._idle.clear()  # in place: the finalizer holds this list
+        _close_all(idle)
+
+
+def _close_all(connections: list[sqlite3.Connection]) -> None:
+    for raw in connections:
+        try:
             raw.close()
+        except sqlite3.Error:
+            pass
 
 
 class Lent:

@@ -81,6 +81,13 @@ def _populate(url: str, writer: optuna.storages.BaseStorage) -> optuna.Study:
         elif i % 4 == 2:
             study.tell(trial, [x, math.inf])
         # i % 4 == 3 stays RUNNING
+    study.set_user_attr("run", {"id": 1, "tags": ["a"]})
+    writer.set_study_system_attr(study._study_id, "runs", [{"id": 0}])
+    writer.set_study_system_attr(study._study_id, "runs", [{"id": 0}, {"id": 1}])
+    # One objective, infinities among the values: the best trial is Optuna's.
+    best = optuna.create_study(study_name="b", storage=writer, direction="maximize")
+    for value in [1.5, math.inf, -math.inf, 7.0, math.inf, 3.0]:
+        best.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
     return study
 
 
@@ -107,8 +114,15 @@ def test_reads_match_optuna_whoever_wrote(fresh_url: str, writer_kind: str,
     ids = [t._trial_id for t in expected]
     assert fast._get_trials(study_id, None, {ids[3]}, ids[5]) == \
         plain._get_trials(study_id, None, {ids[3]}, ids[5])
-    assert fast.get_best_trial(study_id) == plain.get_best_trial(study_id) if \
-        len(plain.get_study_directions(study_id)) == 1 else True
+    # The study: what this round writes in SQL on SQLite (Optuna's own code on PostgreSQL).
+    for sid in (study_id, plain.get_study_id_from_name("b")):
+        for read in ("get_study_directions", "get_study_user_attrs", "get_study_system_attrs"):
+            assert getattr(fast, read)(sid) == getattr(plain, read)(sid), read
+    assert [(s.study_name, s.directions) for s in fast.get_all_studies()] == \
+        [(s.study_name, s.directions) for s in plain.get_all_studies()]
+    best = plain.get_study_id_from_name("b")
+    assert fast.get_best_trial(best) == plain.get_best_trial(best)
+    assert fast.get_best_trial(best).number == 1  # the first +inf
     st.close_storage(fast)
     plain.engine.dispose()
 

@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import HparamSearchError
 from ..storage import (RETRY_HISTORY_ATTR, RUNS_ATTR, count_pruned_kinds, journal_path,
                        mask_secrets)
-from ..storage.counts import PRUNED_KINDS_SQL, pruned_kinds_args, pruned_kinds_of
+from ..storage.counts import (PRUNED_KINDS_SQL, database_rows, engine_rows, pruned_kinds_args,
+                              pruned_kinds_of)
 
 _CHUNK = 900  # ids per IN (...) list: below SQLite's bound-variable limit
 
@@ -100,12 +101,8 @@ class StudyReader:
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
         """Run ``sql`` (``?`` placeholders) on the driver directly: no ORM, no per-row cost."""
         if self._storage is not None:
-            with self._storage._read_cursor() as cur:
-                return cur.all(sql, *args)
-        if self._engine.dialect.paramstyle != "qmark":
-            sql = sql.replace("%", "%%").replace("?", "%s")
-        with self._engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(args)).fetchall()]
+            return database_rows(self._storage, sql, *args) or []
+        return engine_rows(self._engine, sql, args)
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple | None:
         rows = self._rows(sql, args)

@@ -23,6 +23,8 @@ def upsert(table: str, keys: str, columns: str, update: str) -> str:
 
 SET_ATTR = {t: upsert(t, "trial_id, key", "value_json", "value_json")
              for t in ("trial_user_attributes", "trial_system_attributes")}
+SET_STUDY_ATTR = {t: upsert(t, "study_id, key", "value_json", "value_json")
+                  for t in ("study_user_attributes", "study_system_attributes")}
 SET_VALUE = upsert("trial_values", "trial_id, objective", "value, value_type",
                      "value, value_type")
 BEAT = ("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?, CURRENT_TIMESTAMP) "

@@ -23,12 +23,10 @@ from optuna.study import StudyDirection
 
 from .driver_pool import DriverPool
 from .fast import FastStorage
-from .sql import Cursor, upsert
+from .sql import SET_STUDY_ATTR, Cursor
 from .urls import sqlite_path
 
 _logger = logging.getLogger("optuna.storages._rdb.storage")
-_SET_STUDY_ATTR = {t: upsert(t, "study_id, key", "value_json", "value_json")
-                   for t in ("study_user_attributes", "study_system_attributes")}
 
 
 def tune(dbapi_conn: Any, _record: Any = None) -> None:
@@ -126,7 +124,7 @@ class FastSQLiteStorage(FastStorage):
         text = json.dumps(value)
         with self._write() as cur:
             self._study_exists(cur, study_id)
-            cur.run(_SET_STUDY_ATTR[table], study_id, key, text)
+            cur.run(SET_STUDY_ATTR[table], study_id, key, text)
 
 
 def _connect(path: str, timeout: float) -> sqlite3.Connection:

@@ -306,7 +306,11 @@ def _trial(args: argparse.Namespace) -> int:
         print(f"run          {run.get('id')} (started {run.get('started')})")
     for label, key in (("trial dir", rp.TRIAL_DIR_ATTR), ("log file", rp.LOG_ATTR)):
         if t.user_attrs.get(key):
-            print(f"{label:<12} {t.user_attrs[key]}")
+            # A log is made at the trial's first output (looked for on this machine).
+            silent = key == rp.LOG_ATTR and t.state != "RUNNING" and \
+                Path(t.user_attrs[key]).parent.is_dir() and not Path(t.user_attrs[key]).exists()
+            print(f"{label:<12} {t.user_attrs[key]}" + (" (none: it printed nothing)"
+                                                        if silent else ""))
     if chain:
         place = chain.index(t.number)
         later = f"; retried by trial {chain[place + 1]}" if place + 1 < len(chain) else ""

@@ -299,6 +299,8 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
     # Who runs the trial and under which run: written with the trial itself.
     new_attrs = {st.OWNER_ATTR: owner, st.RUN_ATTR_OF_TRIAL: spec.run_id}
     claim = _claimer(spec, study, storage, new_attrs, state)
+    capture = _capture.OutputCapture(channel.relay) if spec.trial_logs else None
+    beats = st.Heartbeat(storage)
     while True:
         if spec.deadline is not None and time.time() >= spec.deadline:
             return
@@ -315,10 +317,10 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
         if st.frozen_of(trial).user_attrs.get(st.TRIAL_DIR_ATTR) is None:  # not written yet
             st.set_user_attrs(storage, st.trial_id(trial), _files_of(spec, trial.number, frozen))
         with contextlib.ExitStack() as during:
-            during.enter_context(st.heartbeat(storage, st.trial_id(trial)))
-            if log_path is not None:
-                during.enter_context(_capture.captured(
-                    log_path, f"[trial {trial.number} w{spec.rank}] ", channel.relay))
+            during.enter_context(beats.running(st.trial_id(trial)))
+            if capture is not None and log_path is not None:
+                during.enter_context(capture.trial(
+                    log_path, f"[trial {trial.number} w{spec.rank}] "))
             result = _trial.run_trial(study, trial, train, spec.fixed, spec.params, info,
                                       spec.objective, spec.pruner.type, spec.retry_exceptions,
                                       state.sinks.start if state.sinks else None)

@@ -51,7 +51,7 @@ def open_storage(url: str, *, create: bool) -> Any:
         return optuna.storages.JournalStorage(backend)
     db_path = sqlite_path(url)
     interval, grace = heartbeat_timing()
-    # Optuna stores whole seconds; the beats themselves follow `interval` (heartbeat()).
+    # Optuna stores whole seconds; the beats themselves follow `interval` (Heartbeat).
     beats = {"heartbeat_interval": max(1, int(interval)), "grace_period": max(1, int(grace))}
     if create and db_path is not None:
         _make_folder(db_path)  # the schema lock's file lies beside the database

@@ -6,6 +6,8 @@ import contextlib
 import datetime
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -124,37 +126,59 @@ def fail_trials_of(storage: RDBStorage, study_id: int, pids: set[int] | None, re
     return failed
 
 
-@contextlib.contextmanager
-def heartbeat(storage: Any, running_id: int) -> Iterator[None]:
+class Heartbeat:
     """While a trial runs on a database storage, record a heartbeat every few seconds, so that
     if this process or its host dies, the trial is failed by a worker elsewhere (fail_stale).
-    The fast path's claim wrote the first beat with the trial itself."""
-    if getattr(storage, "heartbeat_interval", None) is None:
-        yield
-        return
-    import threading
+    One thread serves a worker for its life (one per trial cost more than a trivial trial);
+    the fast path's claim wrote the first beat with the trial itself."""
 
-    stop = threading.Event()
-    claimed_with_beat = hasattr(storage, "claim")
+    def __init__(self, storage: Any) -> None:
+        self._storage = storage
+        self._enabled = getattr(storage, "heartbeat_interval", None) is not None
+        self._claimed_with_beat = hasattr(storage, "claim")
+        self._changed = threading.Condition()
+        self._running: int | None = None  # the trial being beaten for
+        self._due = 0.0  # monotonic time of its next beat
+        self._thread: threading.Thread | None = None
 
-    def beat() -> None:
-        if claimed_with_beat and stop.wait(heartbeat_timing()[0]):
+    @contextlib.contextmanager
+    def running(self, trial_id: int) -> Iterator[None]:
+        if not self._enabled:
+            yield
             return
-        while True:
-            try:
-                storage.record_heartbeat(running_id)
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the grace period covers it
-                pass
-            if stop.wait(heartbeat_timing()[0]):
-                return
+        interval = heartbeat_timing()[0]
+        with self._changed:
+            self._running = trial_id
+            self._due = time.monotonic() + (interval if self._claimed_with_beat else 0.0)
+            if not self._claimed_with_beat:
+                self._changed.notify_all()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="hparam-search-heartbeat",
+                                            daemon=True)
+            self._thread.start()
+        try:
+            yield
+        finally:
+            # Under the lock: once this returns, no beat for the trial is still being written.
+            with self._changed:
+                self._running = None
 
-    thread = threading.Thread(target=beat, name="hparam-search-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    def _beat(self) -> None:
+        with self._changed:
+            while True:
+                # Woken a few times per interval rather than at every trial's start and end,
+                # which would cost short trials two thread switches each.
+                interval = heartbeat_timing()[0]
+                now = time.monotonic()
+                if self._running is None or now < self._due:
+                    wait = interval / 4 if self._running is None else self._due - now
+                    self._changed.wait(min(interval / 4, wait))
+                    continue
+                try:
+                    self._storage.record_heartbeat(self._running)
+                except Exception:  # noqa: BLE001 - missed: the grace period covers a few
+                    pass
+                self._due = time.monotonic() + heartbeat_timing()[0]
 
 
 def fail_stale(storage: Any, sid: int) -> list[int]:

@@ -210,6 +210,7 @@ def test_trial_logs_hold_each_trials_output(made: UserProject) -> None:
         assert log == folder / f"{t.number}.log"
         text = log.read_text()
         assert f"training x={t.params['x']:.4f}" in text and "a warning line" in text
+        assert text.count("training x=") == 1, text  # its own output only
 
 
 def test_errors_are_one_line(made: UserProject, tmp_path: Path) -> None:

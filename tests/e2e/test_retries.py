@@ -444,10 +444,16 @@ def test_trial_dir_moves_the_folders(project: UserProject, tmp_path: Path) -> No
     record = setup(project, n_trials=2, epochs=1, trial_dir="../shared_runs")
     assert project.run().returncode == 0
     root = (project.root / ".." / "shared_runs").resolve()
+    logs = {t.number: t.user_attrs["log_file"] for t in project.trials()}
     for a in attempts(record):
         assert a["dir"] == str(root / "exp_t" / "trials" / str(a["number"]))
         assert (Path(a["dir"]) / "last.json").exists()
-        assert (Path(a["dir"]) / f"{a['number']}.log").exists()
+        # Its log goes there too (made at its first output; these trials print nothing).
+        assert logs[a["number"]] == str(Path(a["dir"]) / f"{a['number']}.log")
+    shown = subprocess.run([sys.executable, "-m", "hparam_search.cli", "trial", "exp_t", "0"],
+                           cwd=project.root, env=project.env(), capture_output=True, text=True,
+                           timeout=120)
+    assert f"log file     {logs[0]} (none: it printed nothing)\n" in shown.stdout, shown.stderr
 
 
 def test_a_train_that_catches_the_stop_and_returns_is_not_counted(project: UserProject) -> None:

@@ -195,7 +195,7 @@ def test_trial_command_shows_everything_and_the_log_has_the_traceback(mixed: Use
     assert "config:\n  experiment_name: exp\n" in out
     assert "traceback:\nTraceback (most recent call last):" in out
     log = Path(failed.user_attrs["log_file"])
-    assert f"log file     {log}" in out  # in full, never cut
+    assert f"log file     {log}\n" in out  # in full, never cut
     text = log.read_text()
     assert "starting" in text and "Traceback (most recent call last)" in text
     assert "ValueError: x too large" in text

@@ -189,3 +189,42 @@ def test_a_sqlite_search_never_imports_sqlalchemy(project: UserProject, start_me
     seen = {p.name: json.loads(p.read_text()) for p in project.root.glob("*.json")}
     assert "launcher.json" in seen and len(seen) >= 2, seen
     assert not any(seen.values()), seen
+
+
+def test_a_trial_longer_than_the_grace_period_keeps_beating_and_is_not_taken_for_lost(
+        project: UserProject, postgres_url: str) -> None:
+    """Each worker's heartbeat thread serves trial after trial: the long trial must be beaten
+    for all along (the other worker checks for stale trials before each claim), and no trial
+    may be beaten for once it is over."""
+    project.write_script(body="""
+        import time
+        from hparam_search import hparam_search
+
+        @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+        def train(config):
+            time.sleep(4.0 if config["x"] == 0.5 else 0.05)
+            return config["x"] ** 2
+
+        if __name__ == "__main__":
+            train()
+    """)
+    project.write_config(n_jobs=2, n_trials=30, enqueue=[{"x": 0.5}], storage=postgres_url,
+                         tag="beats")
+    result = project.run(env={"HPARAM_SEARCH_HEARTBEAT_GRACE": "1.5"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    import sqlalchemy
+
+    storage = optuna.storages.RDBStorage(st.resolve_storage(postgres_url, project.root))
+    try:
+        trials = optuna.load_study(study_name="exp_beats", storage=storage).trials
+        with storage.engine.connect() as conn:
+            beats = dict(conn.execute(sqlalchemy.text(
+                "SELECT trial_id, heartbeat FROM trial_heartbeats")).all())
+    finally:
+        storage.engine.dispose()
+    assert [t.state.name for t in trials].count("COMPLETE") == 30
+    long = next(t for t in trials if t.params["x"] == 0.5)
+    # Beaten until near its end (beats come every half second) ...
+    assert beats[long._trial_id] >= long.datetime_complete - datetime.timedelta(seconds=1.5)
+    # ... and never after any trial's end.
+    assert all(beats[t._trial_id] <= t.datetime_complete for t in trials)

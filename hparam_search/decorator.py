@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import inspect
 import json
 import multiprocessing
 import os
@@ -13,15 +12,17 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .cluster import slurm
-from .config import SearchConfig, display_path, load_config
-from .console import describe_search, explicit_configs, quiet_stdout
 from .errors import HparamSearchError
-from .launch.launcher import EXIT_SEARCH_FAILED, Launcher
-from .launch.plan import LaunchPlan
 from .storage import describe, mask_secrets, resolve_storage, sqlite_url
+
+if TYPE_CHECKING:
+    from .config import SearchConfig
+
+# The launcher's own modules (the config's YAML, the console, the launcher) are imported when a
+# search runs, not with this module: every worker imports it (through the script), and the
+# launcher starts its fork server before it imports them.
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USAGE = 2
@@ -70,6 +71,8 @@ def _main(fn: Callable[..., Any], config_path: str | os.PathLike[str],
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except BrokenPipeError:  # `--dry-run | head`
+        from .console import quiet_stdout
+
         quiet_stdout()
         return
     if fatal:
@@ -108,6 +111,9 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
     Raises:
         HparamSearchError: for mistakes in the config, the overrides or the script.
     """
+    from .cluster import slurm
+    from .config import load_config
+
     process = multiprocessing.current_process()
     if process.name.startswith(WORKER_NAME_PREFIX) or getattr(process, "_inheriting", False):
         raise HparamSearchError(
@@ -142,6 +148,14 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
                                 fix="Add --dry-run.")
     start_method = (cfg.start_method or multiprocessing.get_start_method(allow_none=True)
                     or ("spawn" if cfg.gpus else default_start_method()))
+    if start_method == "forkserver":
+        from .launch import starting
+
+        # Its interpreter imports Optuna while this one imports the launcher and opens the study.
+        starting.start_fork_server(url, cfg)
+    from .launch.launcher import EXIT_SEARCH_FAILED, Launcher
+    from .launch.plan import LaunchPlan
+
     plan = LaunchPlan(
         config=cfg, script=script, module=fn.__module__, qualname=fn.__qualname__,
         db_dir=db_dir, url=url, start_method=start_method,
@@ -169,6 +183,8 @@ def _fit_to_allocation(cfg: SearchConfig) -> SearchConfig:
     """Inside a Slurm task: one worker per GPU Slurm assigned (workers_per_gpu honoured), else
     one per CPU the task was given (cpus_per_task), else the YAML's n_jobs."""
     import dataclasses
+
+    from .cluster import slurm
 
     gpus = slurm.allocated_gpus()
     if gpus and cfg.gpus is None:
@@ -256,6 +272,8 @@ def _read_only(folder: Path) -> bool:
 def _help_epilog(script: Path, config_path: str | os.PathLike[str],
                  save_db_directory: str | os.PathLike[str]) -> str:
     """For --help: which config file this script reads and which study it would run."""
+    from .config import display_path, load_config
+
     path = _config_file(script, config_path, None)
     lines = [f"config file: {display_path(path)}"]
     try:
@@ -270,6 +288,7 @@ def _help_epilog(script: Path, config_path: str | os.PathLike[str],
 
 
 def _dry_run(cfg: SearchConfig, url: str, jsonl: str | None) -> None:
+    from .console import describe_search, explicit_configs
     from .preflight import describe_existing
 
     existing = describe_existing(cfg, url)  # raises for a space the study cannot take
@@ -298,6 +317,8 @@ def _script_of(fn: Callable[..., Any]) -> Path:
             f"'{fn.__qualname__}' is defined inside another function, so worker processes "
             "cannot import it", fix="Define the decorated function at the top level of a script.")
     try:
+        import inspect
+
         source = inspect.getsourcefile(fn) or inspect.getfile(fn)
     except TypeError:
         source = None
@@ -316,6 +337,8 @@ def _check_main_guard(name: str) -> None:
         return
     line = unguarded_call(Path(main), name)
     if line is not None:
+        from .config import display_path
+
         raise HparamSearchError(
             f"{name}() is called at the top level of the script, so every worker process that "
             f"imports the script would start another search", source=display_path(Path(main)),
@@ -375,6 +398,8 @@ def _config_file(script: Path, config_path: str | os.PathLike[str], cli_path: st
 
 
 def _not_found_hint(script: Path, path: Path) -> str:
+    from .config import display_path
+
     folder = script.parent / "config"
     beside = script.parent / path.name
     if beside.is_file() and path.parent == folder:

@@ -214,6 +214,12 @@ def threads_for_workers(setting: int | None, n_jobs: int) -> int | None:
     return setting if setting is not None else max(1, cpu_count() // n_jobs)
 
 
+def thread_environment(threads: int | None) -> dict[str, str]:
+    """The thread-count variables to set for workers (none the user's environment sets)."""
+    return {name: str(threads) for name in THREAD_VARIABLES
+            if name not in os.environ} if threads else {}
+
+
 def cpu_count() -> int:
     """The CPU cores this process may run on: its affinity where the OS says, and no more than
     a Slurm task was given (without CPU binding, affinity shows the whole node)."""

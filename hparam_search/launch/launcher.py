@@ -15,12 +15,12 @@ from .. import storage as st
 from ..cluster import slurm
 from ..console import Console, Progress
 from ..errors import HparamSearchError
-from ..settings import THREAD_VARIABLES, cpu_count, threads_for_workers
+from ..settings import cpu_count, thread_environment, threads_for_workers
 from . import ending, signals
 from . import trial as _trial
 from . import worker as _worker
 from .plan import LaunchPlan, run_metadata
-from .starting import Starter, environment
+from .starting import Starter, environment, preload_for
 from .trial import TrialResult
 
 EXIT_OK = 0
@@ -58,7 +58,7 @@ class Launcher:
             # that imports the script itself. Not "__main__": Pythons that honour it (CPython
             # issue 126631) would run the script's top level in the server, and a script that
             # touches CUDA there would leave every worker a fork of a CUDA process.
-            self.ctx.set_forkserver_preload(_worker.preload_for(plan.url))
+            self.ctx.set_forkserver_preload(preload_for(plan.url))
         self.slots: list[_Slot] = []
         self.storage: Any = None
         self.study: Any = None
@@ -75,8 +75,7 @@ class Launcher:
         # A fair share of the cores for each worker's OpenMP/MKL/OpenBLAS (and torch) threads,
         # unless the user's own environment says otherwise.
         self.threads = threads_for_workers(self.cfg.threads_per_worker, self.cfg.n_jobs)
-        self.thread_env = {name: str(self.threads) for name in THREAD_VARIABLES
-                           if name not in os.environ} if self.threads else {}
+        self.thread_env = thread_environment(self.threads)
         self.slurm = slurm.owner_info()  # the job, array task and node, inside a Slurm job
         self.next_results = time.monotonic() + self.cfg.progress_interval  # results_file
         self.tracking: Any = None  # tracking.Context, when tracking is on and reachable

@@ -30,6 +30,7 @@ from ..space import ParamSpec
 from . import capture as _capture
 from . import signals
 from . import trial as _trial
+from .starting import PRELOAD, preload_for
 
 EXIT_DONE = 0
 EXIT_FATAL = 3  # a message explaining why was sent first
@@ -161,23 +162,6 @@ def _main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None
         _leave(EXIT_FATAL)
     _send(conn, ("done",))
     _leave(EXIT_DONE)
-
-
-# What the trial loop imports: a forkserver imports these once for every worker. Not
-# SQLAlchemy: the SQLite fast path does without it (a fifth of a second per start).
-PRELOAD = ("optuna.samplers", "hparam_search.storage.sqlite")
-# What each kind of storage adds, otherwise imported by every worker when it opens the storage
-# (PostgreSQL's driver: ~0.1 s a worker, on the way to its first trial). Others: SQLAlchemy.
-DRIVERS = {"sqlite:": (), "journal:": (),
-           "postgresql+psycopg:": ("sqlalchemy.orm", "hparam_search.storage.postgres", "psycopg",
-                                   "sqlalchemy.dialects.postgresql.psycopg")}
-
-
-def preload_for(url: str) -> list[str]:
-    """The modules to import before the first trial of a search stored at ``url``."""
-    extra = next((mods for prefix, mods in DRIVERS.items() if url.startswith(prefix)),
-                 ("sqlalchemy.orm",))
-    return [*PRELOAD, *extra]
 
 
 def _preload(url: str) -> None:

@@ -93,7 +93,7 @@ class Claims:
         cache knows it as it knows a trial made by ``Study.ask``."""
         self._pending = ClaimRequest(n_trials, attrs, retries, check_stale, stale_reason,
                                  user_attrs)
-        self._retried, self.stale_failed = None, []
+        self._retried, self.stale_failed, self._claimed_new = None, [], None
         try:
             trial_id = study._storage.create_new_trial(study._study_id)
         except BudgetSpent:
@@ -151,11 +151,13 @@ class Claims:
         tally.max_id = max(tally.max_id, trial_id)
         self._write_attrs(cur, "trial_system_attributes", trial_id, attrs)
         extra = self._user_attrs(cur, trial_id, number, None, request)
-        return FrozenTrial(
+        frozen = FrozenTrial(
             number=number, state=TrialState.RUNNING, value=None, values=None,
             datetime_start=start, datetime_complete=None, params={}, distributions={},
             user_attrs=extra, system_attrs=dict(attrs), intermediate_values={},
             trial_id=trial_id)
+        self._claimed_new = frozen
+        return frozen
 
     def _user_attrs(self, cur: Cursor, trial_id: int, number: int,
                     retried: FrozenTrial | None, request: ClaimRequest) -> dict[str, Any]:

@@ -4,6 +4,7 @@ trials. Mixed into the fast storage."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import defaultdict
 from collections.abc import Container, Sequence
@@ -51,6 +52,13 @@ class TrialReads:
     ``_when`` and ``_study_exists``)."""
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
+        claimed = self._claimed_new
+        if claimed is not None and claimed._trial_id == trial_id:
+            # The new trial this process has just claimed, read again by optuna.Trial(): the
+            # claim's copy of what it wrote spares a round trip (once; later reads see others'
+            # writes).
+            self._claimed_new = None
+            return copy.deepcopy(claimed)
         with self._read_cursor() as cur:
             trials = self._read_whole(cur, "trial_id = ?", [trial_id])
         if not trials:

@@ -277,6 +277,8 @@ def test_claim_takes_a_retry_then_a_waiting_trial_then_a_new_one(fresh_url: str)
     plain = optuna.storages.RDBStorage(fresh_url)
     assert plain.get_all_trials(study._study_id) == fast.get_all_trials(study._study_id)
     assert [t.number for t in study.get_trials()] == [0, 1, 2, 3]
+    # The first read of a new claimed trial is the claim's own copy: what Optuna reads back.
+    assert new == plain.get_trial(new._trial_id) == fast.get_trial(new._trial_id)
     plain.engine.dispose()
     st.close_storage(fast)
 

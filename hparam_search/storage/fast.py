@@ -34,8 +34,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .claim import ClaimRequest, Claims, Tally
 from .orm import OrmPath
-from .sql import (SET_ATTR, SET_INTER, SET_VALUE, Cursor, enum_name, stored_intermediate,
-                  stored_value)
+from .sql import (MAX_IDS, SET_ATTR, SET_INTER, SET_VALUE, Cursor, enum_name, set_attrs,
+                  stored_intermediate, stored_value)
 from .transactions import Transactions
 from .trial_reads import TrialReads
 
@@ -225,8 +225,10 @@ class FastStorage(Claims, TrialReads, Transactions, OrmPath, RDBStorage):
 
     def _write_attrs(self, cur: Cursor, table: str, trial_id: int, attrs: dict[str, Any]
                      ) -> None:
-        for key, value in attrs.items():
-            cur.run(SET_ATTR[table], trial_id, key, json.dumps(value))
+        rows = [(trial_id, key, json.dumps(value)) for key, value in attrs.items()]
+        for start in range(0, len(rows), MAX_IDS // 3):  # within SQLite's parameter limit
+            chunk = rows[start:start + MAX_IDS // 3]
+            cur.run(set_attrs(table, len(chunk)), *(v for row in chunk for v in row))
 
     def _set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                          distribution: distributions.BaseDistribution,

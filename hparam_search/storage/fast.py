@@ -40,6 +40,11 @@ from .transactions import Transactions
 from .trial_reads import TrialReads
 
 
+# Numbers run 0, 1, 2, ... per study (Optuna numbers a trial by the trials before it): the
+# newest trial's number + 1, found through the study index, not by counting.
+NEWEST_NUMBER = "SELECT number FROM trials WHERE study_id = ? ORDER BY trial_id DESC LIMIT 1"
+
+
 class FastStorage(Claims, TrialReads, Transactions, OrmPath, RDBStorage):
     """An ``RDBStorage`` whose hot paths are plain SQL. Subclasses name the dialect."""
 
@@ -183,6 +188,12 @@ class FastStorage(Claims, TrialReads, Transactions, OrmPath, RDBStorage):
     def _insert_running(self, cur: Cursor, study_id: int) -> tuple[int, int, datetime.datetime]:
         """A new RUNNING trial numbered after the study's last one; call under the lock."""
         start = datetime.datetime.now()
+        if self.returning:  # the number and the row in one round trip
+            trial_id, number = cur.one(
+                "INSERT INTO trials (number, study_id, state, datetime_start) "
+                f"SELECT COALESCE(({NEWEST_NUMBER}) + 1, 0), ?, 'RUNNING', ? "
+                "RETURNING trial_id, number", study_id, study_id, self._stamp(start))
+            return trial_id, number, start
         number = self._next_number(cur, study_id)
         trial_id = cur.insert("INSERT INTO trials (number, study_id, state, datetime_start) "
                               "VALUES (?, ?, 'RUNNING', ?)", number, study_id,
@@ -191,10 +202,7 @@ class FastStorage(Claims, TrialReads, Transactions, OrmPath, RDBStorage):
 
     @staticmethod
     def _next_number(cur: Cursor, study_id: int) -> int:
-        # Numbers run 0, 1, 2, ... per study (Optuna numbers a trial by the trials before it):
-        # the newest trial's number + 1, found through the study index, not by counting.
-        row = cur.one("SELECT number FROM trials WHERE study_id = ? ORDER BY trial_id DESC "
-                      "LIMIT 1", study_id)
+        row = cur.one(NEWEST_NUMBER, study_id)
         return 0 if row is None else row[0] + 1
 
     def _insert_template(self, cur: Cursor, study_id: int, template: FrozenTrial

@@ -228,3 +228,45 @@ def test_a_trial_longer_than_the_grace_period_keeps_beating_and_is_not_taken_for
     assert beats[long._trial_id] >= long.datetime_complete - datetime.timedelta(seconds=1.5)
     # ... and never after any trial's end.
     assert all(beats[t._trial_id] <= t.datetime_complete for t in trials)
+
+
+def test_postgresql_workers_never_import_sqlalchemy_and_hold_one_connection_each(
+        project: UserProject, postgres_url: str) -> None:
+    """A worker runs trials on the driver's own connection (SQLAlchemy would be a fifth of a
+    second of its start); only the launcher, making Optuna's tables, goes through Optuna's
+    ORM, on its own one connection."""
+    project.write_script(body="""
+        import json, os, sys
+        from hparam_search import hparam_search
+
+        @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+        def train(config):
+            imported = "sqlalchemy" in sys.modules
+            import psycopg  # a probe's own connection, told apart by its name
+
+            with psycopg.connect(os.environ["PROBE_URL"], application_name="probe") as probe:
+                held = probe.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                     "current_database() AND application_name <> 'probe'"
+                                     ).fetchone()[0]
+            with open(f"worker-{os.getpid()}-{config['x']}.json", "w") as f:
+                json.dump([imported, held], f)
+            return config["x"] ** 2
+
+        if __name__ == "__main__":
+            train()
+    """)
+    project.write_config(n_jobs=2, n_trials=6, storage=postgres_url, tag="nosa")
+    url = st.resolve_storage(postgres_url, project.root)
+    result = project.run(env={"PROBE_URL": url.replace("postgresql+psycopg://", "postgresql://")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = [json.loads(p.read_text()) for p in project.root.glob("worker-*.json")]
+    assert len(seen) == 6 and not any(imported for imported, _ in seen), seen
+    # The launcher and two workers: one connection each.
+    assert max(held for _, held in seen) == 3, seen
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        states = [t.state.name for t in optuna.load_study(study_name="exp_nosa",
+                                                          storage=storage).trials]
+    finally:
+        storage.engine.dispose()
+    assert states == ["COMPLETE"] * 6

@@ -13,8 +13,7 @@ from hparam_search.launch.starting import PRELOAD, preload_for
 @pytest.mark.parametrize("url, extra", [
     ("sqlite:////tmp/x.db", []),
     ("journal:/tmp/x.log", []),
-    ("postgresql+psycopg://u@h/db", ["sqlalchemy.orm", "hparam_search.storage.postgres",
-                                     "psycopg", "sqlalchemy.dialects.postgresql.psycopg"]),
+    ("postgresql+psycopg://u@h/db", ["hparam_search.storage.postgres", "psycopg"]),
     ("mysql+pymysql://u@h/db", ["sqlalchemy.orm"]),
 ])
 def test_each_storage_preloads_what_it_opens_with(url: str, extra: list[str]) -> None:

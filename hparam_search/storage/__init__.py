@@ -20,14 +20,14 @@ from .urls import (JOURNAL_PREFIX, dashboard_command, describe, is_database, jou
                    mask_secrets, resolve_storage, sqlite_path, sqlite_url)
 
 __all__ = [
-    "FAILED_TRIAL_ATTR", "FAIL_REASON_ATTR", "Heartbeat", "JOURNAL_PREFIX", "NO_RETRY_ATTR", "OWNER_ATTR",
-    "RETRY_HISTORY_ATTR", "RUNS_ATTR", "RUN_ATTR", "RUN_ATTR_OF_TRIAL", "STATES", "TRIAL_DIR_ATTR",
-    "Owner", "RetryPlanner", "attempt_of", "batched_writes", "budget_lock", "claimed",
-    "close_storage", "count_pruned_kinds", "create_or_load_study", "dashboard_command", "describe",
-    "enqueue_once", "fail_stale", "fail_trial", "fail_trials_of", "failure_message",
-    "finished", "format_counts", "frozen_of", "is_database", "is_storage_error",
-    "journal_path", "mask_secrets", "open_storage", "optuna_trial", "pruned_kind",
-    "pruned_kinds", "record_run", "replace_intermediate", "resolve_storage", "retry_of",
-    "run_of_trial", "runs_of", "runs_of_study", "set_user_attrs", "sqlite_path", "sqlite_url",
-    "state_counts", "stored_distributions", "study_id", "trial_id",
+    "FAILED_TRIAL_ATTR", "FAIL_REASON_ATTR", "Heartbeat", "JOURNAL_PREFIX", "NO_RETRY_ATTR",
+    "OWNER_ATTR", "RETRY_HISTORY_ATTR", "RUNS_ATTR", "RUN_ATTR", "RUN_ATTR_OF_TRIAL", "STATES",
+    "TRIAL_DIR_ATTR", "Owner", "RetryPlanner", "attempt_of", "batched_writes", "budget_lock",
+    "claimed", "close_storage", "count_pruned_kinds", "create_or_load_study", "dashboard_command",
+    "describe", "enqueue_once", "fail_stale", "fail_trial", "fail_trials_of", "failure_message",
+    "finished", "format_counts", "frozen_of", "is_database", "is_storage_error", "journal_path",
+    "mask_secrets", "open_storage", "optuna_trial", "pruned_kind", "pruned_kinds", "record_run",
+    "replace_intermediate", "resolve_storage", "retry_of", "run_of_trial", "runs_of",
+    "runs_of_study", "set_user_attrs", "sqlite_path", "sqlite_url", "state_counts",
+    "stored_distributions", "study_id", "trial_id",
 ]

@@ -168,8 +168,8 @@ def _database_errors() -> tuple[type[BaseException], ...]:
 def _schema_lock(url: str | None) -> Iterator[None]:
     """Launchers started together on a fresh database would race to create Optuna's tables:
     one creates them while the others wait."""
-    if url is None:
-        yield
+    if url is None or url.startswith("postgresql+psycopg://"):
+        yield  # the fast PostgreSQL storage takes it on its own connection (schema.prepare)
         return
     if sqlite_path(url) is not None:
         with budget_lock(url, "schema"):

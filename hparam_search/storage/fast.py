@@ -6,8 +6,8 @@ and result. The same statements issued directly on the driver cost a fraction of
 schema, the stored formats and the checks (a finished trial cannot change; a parameter keeps one
 distribution kind per study; unknown ids raise KeyError) are Optuna's, and Optuna's own storage
 test suite runs against this class. Anything else (deleting and listing studies, migrations,
-other databases; on PostgreSQL creating studies and their attributes) goes through Optuna's own
-code, with SQLAlchemy imported only then (orm.py).
+other databases; on PostgreSQL Optuna's tables for another schema revision) goes through
+Optuna's own code, with SQLAlchemy imported only then (orm.py).
 
 The SQL is written once for SQLite and PostgreSQL (sql.py); a small dialect (sqlite.py,
 postgres.py) supplies what differs: placeholders, the write lock, timestamps, the connection.
@@ -22,22 +22,28 @@ import contextlib
 import copy
 import datetime
 import json
+import logging
 import threading
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from optuna import distributions
+from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import RDBStorage
+from optuna.storages._base import DEFAULT_STUDY_NAME_PREFIX
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from .claim import ClaimRequest, Claims, Tally
 from .orm import OrmPath
-from .sql import (MAX_IDS, SET_ATTR, SET_INTER, SET_VALUE, Cursor, enum_name, set_attrs,
-                  stored_intermediate, stored_value)
+from .sql import (MAX_IDS, SET_ATTR, SET_INTER, SET_STUDY_ATTR, SET_VALUE, Cursor, enum_name,
+                  set_attrs, stored_intermediate, stored_value)
 from .transactions import Transactions
 from .trial_reads import TrialReads
+
+_logger = logging.getLogger("optuna.storages._rdb.storage")
 
 
 # Numbers run 0, 1, 2, ... per study (Optuna numbers a trial by the trials before it): the
@@ -161,6 +167,46 @@ class FastStorage(Claims, TrialReads, Transactions, OrmPath, RDBStorage):
             self._study_exists(cur, study_id)
             rows = cur.all(f"SELECT key, value_json FROM {table} WHERE study_id = ?", study_id)
         return {k: json.loads(v) for k, v in rows}
+
+    # -- studies: what Optuna's storage writes, as SQL ---------------------------------------
+    def create_new_study(self, directions: Sequence[StudyDirection],
+                         study_name: str | None = None) -> int:
+        name = study_name if study_name is not None else (
+            DEFAULT_STUDY_NAME_PREFIX + str(uuid.uuid4()))
+        with self._write() as cur:
+            # The unique name decides between launchers creating it together (on SQLite the
+            # write lock already makes the check and the insert one step).
+            if self.returning:
+                row = cur.one("INSERT INTO studies (study_name) VALUES (?) ON CONFLICT "
+                              "(study_name) DO NOTHING RETURNING study_id", name)
+                study_id = None if row is None else row[0]
+            elif cur.one("SELECT 1 FROM studies WHERE study_name = ?", name) is None:
+                study_id = cur.insert("INSERT INTO studies (study_name) VALUES (?)", name,
+                                      key="study_id")
+            else:
+                study_id = None
+            if study_id is None:
+                raise DuplicatedStudyError(
+                    f"Another study with name '{name}' already exists. Please specify a "
+                    "different name, or reuse the existing one by setting `load_if_exists` "
+                    "(for Python API) or `--skip-if-exists` flag (for CLI).")
+            for objective, direction in enumerate(directions):
+                cur.run("INSERT INTO study_directions (direction, study_id, objective) "
+                        "VALUES (?, ?, ?)", StudyDirection(direction).name, study_id, objective)
+        _logger.info(f"A new study created in RDB with name: {name}")
+        return study_id
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._set_study_attr("study_user_attributes", study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._set_study_attr("study_system_attributes", study_id, key, value)
+
+    def _set_study_attr(self, table: str, study_id: int, key: str, value: Any) -> None:
+        text = json.dumps(value)
+        with self._write() as cur:
+            self._study_exists(cur, study_id)
+            cur.run(SET_STUDY_ATTR[table], study_id, key, text)
 
     # -- trials: writes --------------------------------------------------------------------
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None

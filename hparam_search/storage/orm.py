@@ -70,10 +70,6 @@ class OrmPath:
         self._lock = threading.RLock()
 
     # -- studies: through Optuna (rare) ------------------------------------------------------
-    def create_new_study(self, *args: Any, **kwargs: Any) -> int:
-        with self._lock:
-            return super().create_new_study(*args, **kwargs)
-
     def delete_study(self, study_id: int) -> None:
         with self._lock:
             super().delete_study(study_id)
@@ -81,14 +77,6 @@ class OrmPath:
             self._tallies.pop(study_id, None)
             self._settled.pop(study_id, None)
             self._checked = {c for c in self._checked if c[0] != study_id}
-
-    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
-        with self._lock:
-            super().set_study_user_attr(study_id, key, value)
-
-    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
-        with self._lock:
-            super().set_study_system_attr(study_id, key, value)
 
     def get_all_studies(self) -> Any:
         with self._lock:

@@ -1,7 +1,8 @@
 """Optuna's tables on a new database, and the schema check on an existing one, done the way
 Optuna does them but without importing alembic (a quarter of a second per process start):
-the newest schema revision is read from Optuna's own migration files. On a SQLite file whose
-tables are Optuna's newest (optuna_tables.py), it is all plain SQL, without SQLAlchemy either.
+the newest schema revision is read from Optuna's own migration files. On SQLite and
+PostgreSQL, while Optuna's newest tables are those optuna_tables.py holds, it is all plain SQL,
+without SQLAlchemy either.
 Whenever the quick check cannot vouch for a database, Optuna's own check runs and says what
 to do."""
 
@@ -27,7 +28,17 @@ _ALEMBIC_TABLE = ("CREATE TABLE IF NOT EXISTS alembic_version (\n\tversion_num V
 def prepare(storage: Any) -> None:
     """Create missing tables and the version row (as Optuna's RDBStorage does), then check
     that an existing database is at the schema this Optuna writes."""
-    if _prepare_sqlite(storage):
+    if getattr(storage, "session_lock", None) is not None:
+        # PostgreSQL: launchers starting together on a new database take turns (the lock is
+        # held on the storage's own connection).
+        with storage.session_lock("schema"):
+            _prepare(storage)
+    else:
+        _prepare(storage)
+
+
+def _prepare(storage: Any) -> None:
+    if _prepare_plain(storage):
         return
     import sqlalchemy
     from optuna.storages._rdb import models
@@ -68,24 +79,28 @@ def prepare(storage: Any) -> None:
     storage._version_manager.check_table_schema_compatibility()
 
 
-def _prepare_sqlite(storage: Any) -> bool:
-    """``prepare`` in plain SQL on a SQLite file, when this Optuna's tables are the ones
-    optuna_tables.py holds; False when the general path must do it (another schema, a database
-    with only some of the tables). A database that is ready is only read."""
-    if (getattr(storage, "_direct", None) is None or head_revision() != optuna_tables.REVISION
+def _prepare_plain(storage: Any) -> bool:
+    """``prepare`` in plain SQL on a SQLite file or on PostgreSQL through the fast path's own
+    connection, when this Optuna's tables are the ones optuna_tables.py holds; False when the
+    general path must do it (another schema, a database with only some of the tables). A
+    database that is ready is only read."""
+    dialect = _plain_dialect(storage)
+    if (dialect is None or head_revision() != optuna_tables.REVISION
             or models_schema_version() != optuna_tables.SCHEMA_VERSION):
         return False
+    listing, statements = _DIALECTS[dialect]
     with storage._read_cursor() as cur:
-        found = _tables(cur)
+        found = _tables(cur, listing)
     if found == "some":
         return False
     if found == "none" or found[0] is None:
-        with storage._write() as cur:  # the write lock: launchers starting together take turns
-            found = _tables(cur)  # again, now that no other process can change it
+        # SQLite's write lock (PostgreSQL: the schema lock) makes launchers take turns.
+        with storage._write() as cur:
+            found = _tables(cur, listing)  # again, now that no other process can change it
             if found == "some":
                 return False
             if found == "none":
-                for statement in optuna_tables.STATEMENTS:
+                for statement in statements:
                     cur.run(statement)
             if found == "none" or found[0] is None:  # a new database: Optuna's version row
                 _stamp(cur)
@@ -99,10 +114,27 @@ def _prepare_sqlite(storage: Any) -> bool:
     return True
 
 
-def _tables(cur: Cursor) -> str | tuple[int | None, str | None]:
+# The dialects done in plain SQL: how to list the tables, and Optuna's tables as statements.
+_DIALECTS = {
+    "sqlite": ("SELECT name FROM sqlite_master WHERE type = 'table'", optuna_tables.STATEMENTS),
+    "postgresql": ("SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                   "current_schema()", optuna_tables.POSTGRES_STATEMENTS),
+}
+
+
+def _plain_dialect(storage: Any) -> str | None:
+    """Which of _DIALECTS the storage's own connections speak, or None (through SQLAlchemy)."""
+    if getattr(storage, "_direct", None) is not None:
+        return "sqlite"
+    if getattr(storage, "_one", None) is not None:
+        return "postgresql"
+    return None
+
+
+def _tables(cur: Cursor, listing: str) -> str | tuple[int | None, str | None]:
     """"none" or "some" of Optuna's tables, or with all of them (schema_version, alembic
     revision), None for a missing row."""
-    names = {n for (n,) in cur.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    names = {n for (n,) in cur.all(listing)}
     tables = set(optuna_tables.TABLES)
     if not names & tables:
         return "none"

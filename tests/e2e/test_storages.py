@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
+import uuid
 from pathlib import Path
 
 import optuna
@@ -119,6 +120,42 @@ def test_journal_file_storage(project: UserProject) -> None:
     study = optuna.load_study(study_name="exp_t", storage=storage)
     assert [t.state.name for t in study.trials].count("COMPLETE") == 7
     assert not project.db().exists()
+
+
+def test_two_launchers_started_together_on_a_new_postgres_database(
+        project: UserProject, postgres_url: str) -> None:
+    """Both make Optuna's tables (in SQL, taking turns under the schema lock) and the study
+    (the unique name decides) on an empty database: one study, exact count, and a schema
+    that Optuna's own storage accepts."""
+    import psycopg
+
+    server = st.resolve_storage(postgres_url, project.root).replace("postgresql+psycopg://",
+                                                                    "postgresql://")
+    name = f"hs_race_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = server.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        project.write_config(n_jobs=2, n_trials=30, storage=url.replace(
+            "postgresql://", "postgresql+psycopg://"), tag="race")
+        first, second = project.popen(), project.popen()
+        out1, _ = first.communicate(timeout=300)
+        out2, _ = second.communicate(timeout=300)
+        assert first.returncode == 0 and second.returncode == 0, out1 + out2
+        storage = optuna.storages.RDBStorage(url.replace("postgresql://",
+                                                         "postgresql+psycopg://"))
+        try:
+            assert storage.get_current_version() == storage.get_head_version()
+            assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == \
+                ["exp_race"]
+            states = [t.state.name for t in optuna.load_study(study_name="exp_race",
+                                                              storage=storage).trials]
+        finally:
+            storage.engine.dispose()
+        assert states == ["COMPLETE"] * 30
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_credentials_are_masked_everywhere_they_could_show() -> None:

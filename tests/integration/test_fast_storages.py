@@ -322,6 +322,65 @@ def test_a_new_sqlite_database_gets_exactly_the_tables_optuna_makes(tmp_path: Pa
     assert len(_schema(ours)) > len(optuna_tables.STATEMENTS)
 
 
+@pytest.fixture()
+def second_url(fresh_url: str) -> Iterator[str]:
+    """Another empty PostgreSQL database beside ``fresh_url``."""
+    url = sqlalchemy.make_url(fresh_url)
+    name = f"{url.database}_2"
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT",
+                                     poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+_PG_CATALOG = (
+    "SELECT table_name, column_name, ordinal_position, data_type, udt_name, is_nullable, "
+    "column_default, character_maximum_length, numeric_precision FROM information_schema.columns "
+    "WHERE table_schema = current_schema() ORDER BY 1, 3",
+    "SELECT t.relname, c.conname, c.contype, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+    "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+    "WHERE n.nspname = current_schema() ORDER BY 1, 2",
+    "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+    "ORDER BY 1, 2",
+    "SELECT t.typname, e.enumsortorder, e.enumlabel FROM pg_enum e JOIN pg_type t "
+    "ON t.oid = e.enumtypid ORDER BY 1, 2",
+    "SELECT sequencename, data_type, increment_by FROM pg_sequences "
+    "WHERE schemaname = current_schema() ORDER BY 1",
+    "SELECT version_info_id, schema_version, library_version FROM version_info",
+    "SELECT version_num FROM alembic_version",
+)
+
+
+@pytest.mark.parametrize("fresh_url", ["postgresql"], indirect=True)
+def test_a_new_postgresql_database_gets_exactly_the_tables_optuna_makes(
+        fresh_url: str, second_url: str) -> None:
+    """The same on PostgreSQL, compared in its catalog: columns and their types, constraints,
+    indexes, the enum types and their labels, sequences, the version rows."""
+    from hparam_search.storage import optuna_tables, schema
+
+    if schema.head_revision() != optuna_tables.REVISION:
+        pytest.skip("this Optuna has another schema: its models make the tables")
+    optuna.storages.RDBStorage(fresh_url).engine.dispose()
+    ours = st.open_storage(second_url, create=True)
+    assert ours._engine is None  # made without SQLAlchemy
+    st.close_storage(ours)
+    catalogs = []
+    for url in (fresh_url, second_url):
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as conn:
+            catalogs.append([[tuple(r) for r in conn.execute(sqlalchemy.text(q))]
+                             for q in _PG_CATALOG])
+        engine.dispose()
+    assert catalogs[1] == catalogs[0]
+    assert len(catalogs[0][0]) > 40 and len(catalogs[0][3]) == 15
+
+
 def test_another_optuna_schema_makes_its_tables_through_optuna(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hparam_search.storage import optuna_tables

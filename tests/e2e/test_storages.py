@@ -267,11 +267,11 @@ def test_a_trial_longer_than_the_grace_period_keeps_beating_and_is_not_taken_for
     assert all(beats[t._trial_id] <= t.datetime_complete for t in trials)
 
 
-def test_postgresql_workers_never_import_sqlalchemy_and_hold_one_connection_each(
+def test_a_postgresql_search_never_imports_sqlalchemy_and_holds_one_connection_a_process(
         project: UserProject, postgres_url: str) -> None:
-    """A worker runs trials on the driver's own connection (SQLAlchemy would be a fifth of a
-    second of its start); only the launcher, making Optuna's tables, goes through Optuna's
-    ORM, on its own one connection."""
+    """The launcher (making Optuna's tables and the study) and its workers (running trials) go
+    through the driver's own connection, one each: SQLAlchemy would be a fifth of a second of
+    every start."""
     project.write_script(body="""
         import json, os, sys
         from hparam_search import hparam_search
@@ -289,7 +289,14 @@ def test_postgresql_workers_never_import_sqlalchemy_and_hold_one_connection_each
                 json.dump([imported, held], f)
             return config["x"] ** 2
 
+        def launcher_done():
+            with open("launcher.json", "w") as f:
+                json.dump("sqlalchemy" in sys.modules, f)
+
         if __name__ == "__main__":
+            import atexit
+
+            atexit.register(launcher_done)
             train()
     """)
     project.write_config(n_jobs=2, n_trials=6, storage=postgres_url, tag="nosa")
@@ -298,6 +305,7 @@ def test_postgresql_workers_never_import_sqlalchemy_and_hold_one_connection_each
     assert result.returncode == 0, result.stdout + result.stderr
     seen = [json.loads(p.read_text()) for p in project.root.glob("worker-*.json")]
     assert len(seen) == 6 and not any(imported for imported, _ in seen), seen
+    assert json.loads((project.root / "launcher.json").read_text()) is False
     # The launcher and two workers: one connection each.
     assert max(held for _, held in seen) == 3, seen
     storage = optuna.storages.RDBStorage(url)

@@ -11,19 +11,16 @@ result is reported."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import sys
+import termios
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-try:
-    import fcntl
-    import termios
-except ImportError:  # not POSIX: every trial's end goes through the marker
-    fcntl = termios = None  # type: ignore[assignment]
 
 _CHUNK = 65536
 # How long a trial's end waits for the copying thread to reach its marker (it is only behind
@@ -48,7 +45,9 @@ class OutputCapture:
         self._started = 0
         self._passed = 0
         self._targets: dict[int, tuple[Path, str]] = {}  # segment -> (log file, prefix)
-        self._log: int | None = None  # the passed segment's log once opened (-1: cannot be)
+        self._log: int | None = None  # the log being written, once opened (-1: cannot be)
+        self._log_path: Path | None = None  # ... and its path
+        self._last: tuple[Path | None, str] = (None, "")  # the last finished trial's target
         self._copying = False  # the thread holds bytes it has read and not yet written out
         self._line = b""  # the segment's unfinished last line
         self._carry = b""  # bytes that may begin a marker, held until the next read
@@ -98,12 +97,16 @@ class OutputCapture:
             # and the pipe empty knows that nothing it wrote is still on its way.
             with self._lock:
                 self._copying = True
-            chunk = os.read(self._read_fd, _CHUNK)
-            if not chunk:
-                return
-            self._take(self._carry + chunk)
-            with self._lock:
-                self._copying = False
+            try:
+                chunk = os.read(self._read_fd, _CHUNK)
+                if not chunk:
+                    return
+                self._take(self._carry + chunk)
+            except Exception:  # noqa: BLE001 - the thread must go on reading, or writers block
+                self._carry = b""
+            finally:
+                with self._lock:
+                    self._copying = False
 
     def _take(self, data: bytes) -> None:
         marker = self._marker
@@ -124,7 +127,11 @@ class OutputCapture:
         if not data:
             return
         with self._lock:
-            path, prefix = self._targets.get(self._passed, (None, ""))
+            # Nothing runs (a process a trial started writes on after it ended): that trial's.
+            path, prefix = self._targets.get(self._passed, self._last)
+        if path != self._log_path:
+            self._close_log()
+            self._log_path = path
         if self._log is None and path is not None:
             # Made at the first output: creating a file cost a silent trial a third of a
             # millisecond (more than the rest of its capture).
@@ -144,24 +151,28 @@ class OutputCapture:
     def _finish_segment(self) -> None:
         """Relay the segment's unfinished line, close its log and move to the next (lock held,
         by the copying thread or while it is idle)."""
-        _, prefix = self._targets.pop(self._passed, (None, ""))
+        target = self._targets.pop(self._passed, None)
+        prefix = (target or self._last)[1]
         if self._line:
             self._relay(f"{prefix}{self._line.decode(errors='replace')}\n")
             self._line = b""
+        self._close_log()
+        if target is not None:
+            self._last = target
+        self._passed += 1
+        self._lock.notify_all()
+
+    def _close_log(self) -> None:
         if self._log is not None and self._log >= 0:
             try:
                 os.close(self._log)
             except OSError:
                 pass
-        self._log = None
-        self._passed += 1
-        self._lock.notify_all()
+        self._log, self._log_path = None, None
 
 
 def _unread(fd: int) -> int:
-    """Bytes waiting in the pipe (1 where that cannot be asked: take the marker's way)."""
-    if fcntl is None:
-        return 1
+    """Bytes waiting in the pipe."""
     buffer = bytearray(4)
     fcntl.ioctl(fd, termios.FIONREAD, buffer)
     return int.from_bytes(buffer, sys.byteorder)

@@ -246,7 +246,7 @@ def _load_study(spec: WorkerSpec, storage: Any) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Samplers such as gp and qmc are marked experimental; the user chose them knowingly.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # Heartbeats are sent by this worker itself (storage.heartbeat), not by Study.optimize.
+    # Heartbeats are sent by this worker itself (storage.Heartbeat), not by Study.optimize.
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     return optuna.load_study(study_name=spec.study_name, storage=storage,
                              sampler=build_sampler(spec.sampler, seed=worker_seed(spec)),

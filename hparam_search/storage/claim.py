@@ -93,13 +93,15 @@ class Claims:
         cache knows it as it knows a trial made by ``Study.ask``."""
         self._pending = ClaimRequest(n_trials, attrs, retries, check_stale, stale_reason,
                                  user_attrs)
-        self._retried, self.stale_failed, self._claimed_new = None, [], None
+        self._retried, self.stale_failed = None, []
+        self._claimed_new = self._taken_new = None
         try:
             trial_id = study._storage.create_new_trial(study._study_id)
         except BudgetSpent:
             return None
         finally:
             self._pending = None
+        self._claimed_new, self._taken_new = self._taken_new, None  # committed: readable
         return Claimed(trial_id, self._retried)
 
     def _claim(self, study_id: int, request: ClaimRequest) -> FrozenTrial:
@@ -156,7 +158,7 @@ class Claims:
             datetime_start=start, datetime_complete=None, params={}, distributions={},
             user_attrs=extra, system_attrs=dict(attrs), intermediate_values={},
             trial_id=trial_id)
-        self._claimed_new = frozen
+        self._taken_new = frozen
         return frozen
 
     def _user_attrs(self, cur: Cursor, trial_id: int, number: int,

@@ -155,9 +155,12 @@ def _read_only(folder: Path) -> bool:
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:
-    """The errors a database (or its driver) raises. SQLAlchemy's only where it was imported:
-    nothing else can have raised one."""
+    """The errors a database (or its driver) raises. psycopg's and SQLAlchemy's only where
+    they were imported: nothing else can have raised one."""
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and hasattr(psycopg, "Error"):
+        errors += (psycopg.Error,)
     sqlalchemy = sys.modules.get("sqlalchemy")
     if sqlalchemy is not None and hasattr(sqlalchemy, "exc"):
         errors += (sqlalchemy.exc.SQLAlchemyError,)

@@ -86,7 +86,8 @@ class FastStorage(Claims, TrialReads, Transactions, OrmPath, RDBStorage):
         self.new_trial_attrs: dict[str, Any] = {}
         self._pending: ClaimRequest | None = None  # a claim under way (see claim)
         self._retried: FrozenTrial | None = None
-        self._claimed_new: FrozenTrial | None = None  # read once more by optuna.Trial()
+        self._taken_new: FrozenTrial | None = None  # the new trial a claim is taking ...
+        self._claimed_new: FrozenTrial | None = None  # ... once committed: read by Trial()
         self.stale_failed: list[int] = []  # trials the last claim failed for a lost heartbeat
         # Trial writes held back by batched(), and the thread whose writes are held back.
         self._queued: list[tuple] = []

@@ -10,6 +10,8 @@ TABLES = (
     "study_user_attributes", "trials", "trial_heartbeats", "trial_intermediate_values",
     "trial_params", "trial_system_attributes", "trial_user_attributes", "trial_values",
 )
+# PostgreSQL's enum types for the enum columns (SQLite stores their names as text).
+ENUM_TYPES = ("studydirection", "trialstate", "trialvaluetype", "trialintermediatevaluetype")
 
 STATEMENTS = (
     ("CREATE TABLE studies (\n"

@@ -117,8 +117,12 @@ def _prepare_plain(storage: Any) -> bool:
 # The dialects done in plain SQL: how to list the tables, and Optuna's tables as statements.
 _DIALECTS = {
     "sqlite": ("SELECT name FROM sqlite_master WHERE type = 'table'", optuna_tables.STATEMENTS),
-    "postgresql": ("SELECT table_name FROM information_schema.tables WHERE table_schema = "
-                   "current_schema()", optuna_tables.POSTGRES_STATEMENTS),
+    # As SQLAlchemy looks: what the search path shows, Optuna's enum types included (left
+    # without their tables, they make the general path do it: it skips existing types).
+    "postgresql": ("SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND "
+                   "pg_table_is_visible(oid) UNION ALL SELECT typname FROM pg_type WHERE "
+                   "typtype = 'e' AND pg_type_is_visible(oid)",
+                   optuna_tables.POSTGRES_STATEMENTS),
 }
 
 
@@ -136,7 +140,7 @@ def _tables(cur: Cursor, listing: str) -> str | tuple[int | None, str | None]:
     revision), None for a missing row."""
     names = {n for (n,) in cur.all(listing)}
     tables = set(optuna_tables.TABLES)
-    if not names & tables:
+    if not names & (tables | set(optuna_tables.ENUM_TYPES)):
         return "none"
     if not tables <= names:
         return "some"

@@ -30,6 +30,8 @@ def set_attrs(table: str, count: int) -> str:
     a trial's claim writes four or five). Their keys are distinct, as PostgreSQL requires."""
     head, tail = SET_ATTR[table].split(" ON CONFLICT ")
     return f"{head}{', (?, ?, ?)' * (count - 1)} ON CONFLICT {tail}"
+
+
 SET_STUDY_ATTR = {t: upsert(t, "study_id, key", "value_json", "value_json")
                   for t in ("study_user_attributes", "study_system_attributes")}
 SET_VALUE = upsert("trial_values", "trial_id, objective", "value, value_type",

@@ -70,6 +70,8 @@ class Transactions:
         try:
             conn = self._links.connect()
         except Exception as exc:  # noqa: BLE001 - sorted out just below
+            if self._pinned is not None and self._is_operational(exc):
+                raise StorageInternalError(LOCK_LOST) from exc  # it went with the old one
             if not (self._connected and self._pinned is None and self._is_operational(exc)):
                 raise
             conn = self._until_open(self._links.connect, exc)

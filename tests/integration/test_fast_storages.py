@@ -283,6 +283,28 @@ def test_claim_takes_a_retry_then_a_waiting_trial_then_a_new_one(fresh_url: str)
     st.close_storage(fast)
 
 
+def test_a_postgresql_database_that_cannot_be_opened_is_a_clear_error(
+        postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """The driver's own words, in the one-paragraph error, as when SQLAlchemy reported them."""
+    from hparam_search.errors import HparamSearchError
+
+    url = st.resolve_storage(postgres_server.url, tmp_path).rsplit("/", 1)[0] + "/no_such_db"
+    with pytest.raises(HparamSearchError, match='cannot open the study storage: .*"no_such_db" '
+                                                'does not exist'):
+        st.open_storage(url, create=True)
+    assert st.is_storage_error(_driver_error(url))
+
+
+def _driver_error(url: str) -> BaseException:
+    from hparam_search.storage.postgres import FastPostgresStorage
+
+    try:
+        FastPostgresStorage(url).get_study_id_from_name("x")
+    except Exception as exc:  # noqa: BLE001 - the error itself is the result
+        return exc
+    raise AssertionError("no error")
+
+
 def test_a_new_database_is_at_optunas_newest_schema_and_an_old_one_is_refused(
         fresh_url: str) -> None:
     fast = st.open_storage(fresh_url, create=True)

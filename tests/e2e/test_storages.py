@@ -196,36 +196,83 @@ def test_a_trial_left_running_by_a_dead_host_is_failed_after_its_heartbeat_stops
     assert states.count("COMPLETE") == 6 and "RUNNING" not in states
 
 
+# Each worker notes whether SQLAlchemy was imported when its trial ran, and on PostgreSQL how
+# many connections the search held then (a probe's own, told apart by its name); the
+# launcher notes it at its exit.
+NO_SQLALCHEMY_SCRIPT = """
+    import atexit, json, os, sys
+    from hparam_search import hparam_search
+
+    @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
+    def train(config):
+        report = ["sqlalchemy" in sys.modules, held_connections()]
+        with open(f"worker-{os.getpid()}-{config['x']}.json", "w") as f:
+            json.dump(report, f)
+        return config["x"] ** 2
+
+    def held_connections():
+        if not os.environ.get("PROBE_URL"):
+            return None
+        import psycopg
+
+        with psycopg.connect(os.environ["PROBE_URL"], application_name="probe") as probe:
+            return probe.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                 "current_database() AND application_name <> 'probe'"
+                                 ).fetchone()[0]
+
+    def launcher_done():
+        with open("launcher.json", "w") as f:
+            json.dump("sqlalchemy" in sys.modules, f)
+
+    if __name__ == "__main__":
+        atexit.register(launcher_done)
+        train()
+"""
+
+
+def _reports(project: UserProject) -> tuple[list[list], bool]:
+    """The workers' notes (one per trial) and the launcher's."""
+    workers = [json.loads(p.read_text()) for p in project.root.glob("worker-*.json")]
+    return workers, json.loads((project.root / "launcher.json").read_text())
+
+
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
 def test_a_sqlite_search_never_imports_sqlalchemy(project: UserProject, start_method: str
                                                   ) -> None:
     """Its import is a fifth of a second of every start: neither the launcher creating the
     study, nor a worker running trials, nor the summary needs it on SQLite."""
-    project.write_script(body="""
-        import atexit, json, os, sys
-        from hparam_search import hparam_search
-
-        @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
-        def train(config):
-            with open(f"worker-{os.getpid()}.json", "w") as f:
-                json.dump("sqlalchemy" in sys.modules, f)
-            return config["x"] ** 2
-
-        def launcher_done():
-            with open("launcher.json", "w") as f:
-                json.dump("sqlalchemy" in sys.modules, f)
-
-        if __name__ == "__main__":
-            atexit.register(launcher_done)
-            train()
-    """)
+    project.write_script(body=NO_SQLALCHEMY_SCRIPT)
     project.write_config(n_jobs=2, n_trials=4, start_method=start_method)
     result = project.run()
     assert result.returncode == 0, result.stderr
     assert project.states() == {"COMPLETE": 4}
-    seen = {p.name: json.loads(p.read_text()) for p in project.root.glob("*.json")}
-    assert "launcher.json" in seen and len(seen) >= 2, seen
-    assert not any(seen.values()), seen
+    workers, launcher = _reports(project)
+    assert len(workers) == 4 and not any(imported for imported, _ in workers), workers
+    assert launcher is False
+
+
+def test_a_postgresql_search_never_imports_sqlalchemy_and_holds_one_connection_a_process(
+        project: UserProject, postgres_url: str) -> None:
+    """The launcher (making Optuna's tables and the study) and its workers (running trials) go
+    through the driver's own connection, one each: SQLAlchemy would be a fifth of a second of
+    every start."""
+    project.write_script(body=NO_SQLALCHEMY_SCRIPT)
+    project.write_config(n_jobs=2, n_trials=6, storage=postgres_url, tag="nosa")
+    url = st.resolve_storage(postgres_url, project.root)
+    result = project.run(env={"PROBE_URL": url.replace("postgresql+psycopg://", "postgresql://")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    workers, launcher = _reports(project)
+    assert len(workers) == 6 and not any(imported for imported, _ in workers), workers
+    assert launcher is False
+    # The launcher and two workers: one connection each.
+    assert max(held for _, held in workers) == 3, workers
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        states = [t.state.name for t in optuna.load_study(study_name="exp_nosa",
+                                                          storage=storage).trials]
+    finally:
+        storage.engine.dispose()
+    assert states == ["COMPLETE"] * 6
 
 
 def test_a_trial_longer_than_the_grace_period_keeps_beating_and_is_not_taken_for_lost(
@@ -265,53 +312,3 @@ def test_a_trial_longer_than_the_grace_period_keeps_beating_and_is_not_taken_for
     assert beats[long._trial_id] >= long.datetime_complete - datetime.timedelta(seconds=1.5)
     # ... and never after any trial's end.
     assert all(beats[t._trial_id] <= t.datetime_complete for t in trials)
-
-
-def test_a_postgresql_search_never_imports_sqlalchemy_and_holds_one_connection_a_process(
-        project: UserProject, postgres_url: str) -> None:
-    """The launcher (making Optuna's tables and the study) and its workers (running trials) go
-    through the driver's own connection, one each: SQLAlchemy would be a fifth of a second of
-    every start."""
-    project.write_script(body="""
-        import json, os, sys
-        from hparam_search import hparam_search
-
-        @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
-        def train(config):
-            imported = "sqlalchemy" in sys.modules
-            import psycopg  # a probe's own connection, told apart by its name
-
-            with psycopg.connect(os.environ["PROBE_URL"], application_name="probe") as probe:
-                held = probe.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                                     "current_database() AND application_name <> 'probe'"
-                                     ).fetchone()[0]
-            with open(f"worker-{os.getpid()}-{config['x']}.json", "w") as f:
-                json.dump([imported, held], f)
-            return config["x"] ** 2
-
-        def launcher_done():
-            with open("launcher.json", "w") as f:
-                json.dump("sqlalchemy" in sys.modules, f)
-
-        if __name__ == "__main__":
-            import atexit
-
-            atexit.register(launcher_done)
-            train()
-    """)
-    project.write_config(n_jobs=2, n_trials=6, storage=postgres_url, tag="nosa")
-    url = st.resolve_storage(postgres_url, project.root)
-    result = project.run(env={"PROBE_URL": url.replace("postgresql+psycopg://", "postgresql://")})
-    assert result.returncode == 0, result.stdout + result.stderr
-    seen = [json.loads(p.read_text()) for p in project.root.glob("worker-*.json")]
-    assert len(seen) == 6 and not any(imported for imported, _ in seen), seen
-    assert json.loads((project.root / "launcher.json").read_text()) is False
-    # The launcher and two workers: one connection each.
-    assert max(held for _, held in seen) == 3, seen
-    storage = optuna.storages.RDBStorage(url)
-    try:
-        states = [t.state.name for t in optuna.load_study(study_name="exp_nosa",
-                                                          storage=storage).trials]
-    finally:
-        storage.engine.dispose()
-    assert states == ["COMPLETE"] * 6

@@ -33,15 +33,21 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 's.db'}"
         return
-    server = sqlalchemy.make_url(st.resolve_storage(request.getfixturevalue("postgres_url"),
-                                                    tmp_path))
-    name = f"hs_fast_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT",
+    server = st.resolve_storage(request.getfixturevalue("postgres_url"), tmp_path)
+    with _new_database(server, f"hs_fast_{uuid.uuid4().hex[:12]}") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _new_database(server: str, name: str) -> Iterator[str]:
+    """An empty PostgreSQL database named ``name`` on ``server``'s server, dropped after."""
+    server_url = sqlalchemy.make_url(server)
+    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT",
                                      poolclass=sqlalchemy.pool.NullPool)
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     try:
-        yield server.set(database=name).render_as_string(hide_password=False)
+        yield server_url.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -347,18 +353,8 @@ def test_a_new_sqlite_database_gets_exactly_the_tables_optuna_makes(tmp_path: Pa
 @pytest.fixture()
 def second_url(fresh_url: str) -> Iterator[str]:
     """Another empty PostgreSQL database beside ``fresh_url``."""
-    url = sqlalchemy.make_url(fresh_url)
-    name = f"{url.database}_2"
-    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT",
-                                     poolclass=sqlalchemy.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with _new_database(fresh_url, f"{sqlalchemy.make_url(fresh_url).database}_2") as url:
+        yield url
 
 
 _PG_CATALOG = (

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -287,6 +288,39 @@ def test_claim_takes_a_retry_then_a_waiting_trial_then_a_new_one(fresh_url: str)
     assert new == plain.get_trial(new._trial_id) == fast.get_trial(new._trial_id)
     plain.engine.dispose()
     st.close_storage(fast)
+
+
+def test_one_heartbeat_thread_beats_for_the_running_trial_only(
+        postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """A worker's heartbeat thread serves trial after trial: beats for the trial that runs,
+    none once ``running()`` has returned (a beat written later would keep a trial whose
+    worker moved on looking alive)."""
+    monkeypatch.setenv("HPARAM_SEARCH_HEARTBEAT_GRACE", "1")  # a beat every third of a second
+    fast = st.open_storage(st.resolve_storage(postgres_server.url, tmp_path), create=True)
+    study = optuna.create_study(study_name=f"beats_{uuid.uuid4().hex[:8]}", storage=fast)
+    owner = {st.OWNER_ATTR: {"host": "h", "pid": 1, "started": None, "rank": 0}}
+
+    def last_beat(trial_id: int) -> Any:
+        with fast._read_cursor() as cur:
+            return cur.one("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = ?",
+                           trial_id)[0]
+
+    beats = st.Heartbeat(fast)
+    try:
+        for _ in range(2):  # the same thread, trial after trial
+            trial_id = fast.claim(study, 10, owner).trial_id
+            claimed = last_beat(trial_id)  # the claim's own beat
+            with beats.running(trial_id):
+                deadline = time.monotonic() + 10
+                while last_beat(trial_id) == claimed:  # the thread's first beat
+                    assert time.monotonic() < deadline, "no beat while the trial ran"
+                    time.sleep(0.05)
+            ended = last_beat(trial_id)
+            time.sleep(1.0)  # three intervals: a beat would have come by now
+            assert last_beat(trial_id) == ended
+    finally:
+        st.close_storage(fast)
 
 
 def test_a_postgresql_database_that_cannot_be_opened_is_a_clear_error(

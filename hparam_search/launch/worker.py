@@ -199,7 +199,11 @@ def _leave(code: int) -> None:
 
 
 class _State:
-    """The worker's current trial, so the watchdog can give it back if the launcher dies."""
+    """The worker's current trial, so the watchdog can give it back if the launcher dies.
+
+    ``lock`` is held while a trial is claimed and recorded here, and while it is given back:
+    the main thread and the watchdog may both give up at once (the launcher's death is also a
+    SIGTERM to the main thread), and neither may exit under the other's write or claim."""
 
     def __init__(self) -> None:
         self.storage: Any = None
@@ -209,7 +213,10 @@ class _State:
 
     def fail_current(self, reason: str) -> None:
         with self.lock:
-            trial_id, self.trial_id = self.trial_id, None
+            self.fail_current_locked(reason)
+
+    def fail_current_locked(self, reason: str) -> None:
+        trial_id, self.trial_id = self.trial_id, None
         if trial_id is not None and self.storage is not None:
             try:
                 if st.fail_trial(self.storage, trial_id, reason) and self.sinks is not None:
@@ -232,8 +239,9 @@ def _watch_launcher(state: _State) -> None:
 
     def watch() -> None:
         multiprocessing.connection.wait([parent.sentinel])
-        state.fail_current("the launcher process died")
-        _leave(EXIT_INTERRUPTED)
+        with state.lock:  # kept until the exit: no further trial is claimed
+            state.fail_current_locked("the launcher process died")
+            _leave(EXIT_INTERRUPTED)
 
     threading.Thread(target=watch, name="hparam-search-watchdog", daemon=True).start()
 
@@ -288,11 +296,11 @@ def _loop(spec: WorkerSpec, study: Any, storage: Any, train: Callable[[dict], An
     while True:
         if spec.deadline is not None and time.time() >= spec.deadline:
             return
-        taken = claim()
-        if taken is None:
-            return
-        trial, retried = taken
         with state.lock:
+            taken = claim()
+            if taken is None:
+                return
+            trial, retried = taken
             state.trial_id = st.trial_id(trial)
         frozen = st.frozen_of(trial) if retried else None
         info = _trial_info(base, spec, trial, frozen)

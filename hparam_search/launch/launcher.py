@@ -92,10 +92,16 @@ class Launcher:
                     st.close_storage(self.storage)
 
     def _run(self) -> int:
-        started = time.monotonic()
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signals.raise_terminated)
+        try:
+            return self._search()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _search(self) -> int:
+        started = time.monotonic()
+        signals.raise_on_stops()
         code, headline = EXIT_OK, "Search finished"
         starter = Starter(self, min(self.cfg.n_jobs, self.cfg.n_trials))
         try:
@@ -121,11 +127,11 @@ class Launcher:
             self.fatal = st.failure_message(exc, "the launcher")
             code, headline = EXIT_SEARCH_FAILED, "Search stopped on an error"
         finally:
+            # One stop is enough: from here on another only cuts the grace wait short.
+            signals.ignore_stops()
             starter.join()
             self._stop_all()
             self.out.stop_progress()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         if self.study is not None:
             try:
                 ending.summarize(self, headline, time.monotonic() - started)
@@ -451,6 +457,7 @@ class Launcher:
         self._terminate_live()
         deadline = time.monotonic() + self.cfg.stop_grace
         try:
+            signals.raise_on_stops()
             # Wait for them, still showing what they print (a last checkpoint being saved)
             # and counting a trial that finishes in the meantime.
             while time.monotonic() < deadline:
@@ -465,11 +472,15 @@ class Launcher:
                         self._drain(slot)
         except (KeyboardInterrupt, signals.Terminated):
             pass  # a second Ctrl-C: stop waiting
+        finally:
+            signals.ignore_stops()
         for slot in self.slots:
             if slot.process.is_alive():
                 slot.process.kill()
             slot.process.join()
             signals.end_group(slot.process.pid)
+            if not slot.exited:
+                self._drain(slot)  # what it said before leaving (a worker gone before the wait)
             slot.exited = True
             slot.conn.close()
         if self.storage is not None and self.study is not None:

@@ -18,6 +18,19 @@ def raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def raise_on_stops() -> None:
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM raises Terminated (main thread only)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def ignore_stops() -> None:
+    """Ctrl-C and SIGTERM do nothing: the launcher is stopping already, and its last steps
+    (recording the end, the summary) take milliseconds and must not end in a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name

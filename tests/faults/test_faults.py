@@ -121,6 +121,26 @@ def test_sigint_twice_stops_at_once(project: UserProject) -> None:
     assert report(project, out, result.stdout) == {"lost": 0, "finished": 30, "running": 0}
 
 
+def test_ctrl_c_pressed_again_and_again_never_ends_in_a_traceback(project: UserProject) -> None:
+    """Ctrl-C every 20 ms from the first until the launcher has gone: whichever step of the
+    stop (the grace wait, the bookkeeping, the summary, the exit) each one lands in."""
+    setup(project, n_trials=30, sleep=2.0)
+    proc = project.popen()
+    wait_for(lambda: project.live_count() >= 2, timeout=60)
+    presses = 0
+    while proc.poll() is None and presses < 500:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)  # the launcher's group, as a terminal sends it
+        presses += 1
+        time.sleep(0.02)
+    out, _ = proc.communicate(timeout=30)
+    assert presses > 1 and proc.returncode == 130, out
+    assert "Traceback" not in out and "Exception ignored" not in out, out
+    result = project.run("--set", "sleep=0")
+    assert result.returncode == 0
+    assert report(project, out, result.stdout) == {"lost": 0, "finished": 30, "running": 0}
+
+
 def test_a_train_that_segfaults(project: UserProject) -> None:
     # Random sampling: TPE ignores FAIL trials, so it could keep proposing the crashing region
     # (that is what fail_fast's limit on consecutive crashes is for, tested below).

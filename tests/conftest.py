@@ -57,6 +57,20 @@ if __name__ == "__main__":
     train()
 '''
 
+# For user scripts in which exactly one trial does something (dies, say): the one whose
+# O_EXCL create of the marker succeeds. A check then a create would let two trials through.
+FIRST_TO_CLAIM = """
+import os
+
+
+def first_to_claim(path):
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+"""
+
 BASE_CONFIG: dict[str, Any] = {
     "experiment_name": "exp",
     "tag": "t",

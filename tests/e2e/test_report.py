@@ -16,21 +16,20 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import UserProject, open_study, two_studies
+from tests.conftest import FIRST_TO_CLAIM, UserProject, open_study, two_studies
 from tests.e2e.test_dashboard import ARTIFACTS, CHROMIUM_FLAGS, chromium
 from tests.e2e.test_results import cli
 
 # The second objective pulls x the other way, so the Pareto front has several trials; x > 4
 # raises (PRUNED, as an error) and the first trial to see the marker kills itself (FAIL).
-SCRIPT = '''
+SCRIPT = FIRST_TO_CLAIM + '''
 import os, signal
 from hparam_search import hparam_search
 
 
 @hparam_search(config_path="config.yaml", save_db_directory="./optuna_studies")
 def train(config):
-    if config.get("die_marker") and not os.path.exists(config["die_marker"]):
-        open(config["die_marker"], "w").close()
+    if config.get("die_marker") and first_to_claim(config["die_marker"]):
         os.kill(os.getpid(), signal.SIGKILL)
     if config["x"] > 4:
         raise ValueError("x too large")

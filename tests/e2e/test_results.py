@@ -16,10 +16,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import UserProject, two_studies
+from tests.conftest import FIRST_TO_CLAIM, UserProject, two_studies
 
 # Prints to both streams; a marker file makes one trial kill its own worker (a FAIL trial).
-SCRIPT = '''
+SCRIPT = FIRST_TO_CLAIM + '''
 import os, signal, sys, time
 from hparam_search import hparam_search
 
@@ -29,8 +29,7 @@ def train(config):
     print(f"training x={config['x']:.4f}")
     print("a warning line", file=sys.stderr)
     time.sleep(config.get("sleep", 0))
-    if config.get("die_marker") and not os.path.exists(config["die_marker"]):
-        open(config["die_marker"], "w").close()
+    if config.get("die_marker") and first_to_claim(config["die_marker"]):
         time.sleep(0.3)  # what a trial printed reaches its log within moments
         os.kill(os.getpid(), signal.SIGKILL)
     if config["x"] > 4:

@@ -3,6 +3,7 @@ so train resumes from its checkpoint; processes a trial started go with it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -234,8 +235,9 @@ def test_random_worker_kills_under_two_launchers_retry_each_interruption_once(
     while killed < 6 and time.monotonic() < deadline:
         workers = [w for proc in launchers for w in worker_pids(proc.pid)]
         if workers and project.live_count() > 4:
-            os.kill(workers[killed % len(workers)], signal.SIGKILL)
-            killed += 1
+            with contextlib.suppress(ProcessLookupError):  # a worker that just left
+                os.kill(workers[killed % len(workers)], signal.SIGKILL)
+                killed += 1
         time.sleep(0.4)
     for proc in launchers:
         out, _ = proc.communicate(timeout=300)
@@ -278,7 +280,8 @@ def test_processes_a_trial_started_are_ended_with_it(project: UserProject, how: 
     wait_for(lambda: not pids_alive([child]), timeout=10 + (3 if extra else 0))
     kill_group(proc)
     for pid in worker_pids(proc.pid):
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have left on its own
+            os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=30)
 
 
@@ -347,8 +350,12 @@ def test_postgres_launcher_killed_with_its_group_is_retried_by_the_next(
     env = {"HPARAM_SEARCH_HEARTBEAT_GRACE": "3"}
     proc = project.popen(env=env)
     worker = ready_pid(project)
-    kill_group(proc)
+    # The launcher's group stopped first: the worker dies before it could see the launcher
+    # die and give its trial back, so the next launcher finds it by its heartbeat.
+    kill_group(proc, signal.SIGSTOP)
     os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: not pids_alive([worker]), timeout=10)
+    kill_group(proc)
     proc.communicate(timeout=30)
     result = project.run(env=env)
     assert result.returncode == 0, result.stdout + result.stderr

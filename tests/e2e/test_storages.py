@@ -217,8 +217,8 @@ NO_SQLALCHEMY_SCRIPT = """
 
         with psycopg.connect(os.environ["PROBE_URL"], application_name="probe") as probe:
             return probe.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                                 "current_database() AND application_name <> 'probe'"
-                                 ).fetchone()[0]
+                                 "current_database() AND application_name <> 'probe' AND "
+                                 "backend_type = 'client backend'").fetchone()[0]
 
     def launcher_done():
         with open("launcher.json", "w") as f:

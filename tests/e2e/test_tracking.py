@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import UserProject
+from tests.conftest import FIRST_TO_CLAIM, UserProject
 
 mlflow = pytest.importorskip("mlflow")
 # MLflow's own store code (read back here) trips SQLAlchemy 2.1's deprecations.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-SCRIPT = '''
+SCRIPT = FIRST_TO_CLAIM + '''
 import os, signal, time
 from hparam_search import hparam_search, report, current_trial
 
@@ -30,8 +30,7 @@ def train(config):
     for step in range(3):
         report((x - 1) ** 2 + 1.0 / (step + 1), step)
     marker = config.get("die_marker")
-    if marker and not os.path.exists(marker) and current_trial().attempt == 1:
-        open(marker, "w").close()
+    if marker and current_trial().attempt == 1 and first_to_claim(marker):
         os.kill(os.getpid(), signal.SIGKILL)
     if config.get("break_store") and current_trial().number == 2:
         with open(config["break_store"], "wb") as f:  # the tracking store stops working

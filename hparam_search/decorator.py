@@ -70,7 +70,7 @@ def _main(fn: Callable[..., Any], config_path: str | os.PathLike[str],
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:  # Ctrl-C before the search began, or as the launcher exits
+    except KeyboardInterrupt:  # Ctrl-C before the search began
         print("Interrupted (Ctrl-C).", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:  # `--dry-run | head`
@@ -80,10 +80,6 @@ def _main(fn: Callable[..., Any], config_path: str | os.PathLike[str],
         return
     if fatal:
         print(f"error: {fatal}", file=sys.stderr)
-    if code in (130, 143):  # stopped by Ctrl-C or SIGTERM: the exit itself is not cut short
-        from .launch.signals import ignore_stops
-
-        ignore_stops()
     if code:
         sys.exit(code)
 

@@ -79,6 +79,7 @@ class Launcher:
         self.slurm = slurm.owner_info()  # the job, array task and node, inside a Slurm job
         self.next_results = time.monotonic() + self.cfg.progress_interval  # results_file
         self.tracking: Any = None  # tracking.Context, when tracking is on and reachable
+        self.later_stops = signals.LaterStops()  # what Ctrl-C does once the stop began
         self._sinks: Any = None  # this process's own, to end the runs of lost trials
 
     # -- public --------------------------------------------------------------------------
@@ -93,11 +94,19 @@ class Launcher:
 
     def _run(self) -> int:
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        code = EXIT_SEARCH_FAILED
         try:
-            return self._search()
+            code = self._search()
+            return code
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            if code in (EXIT_SIGINT, EXIT_SIGTERM) and self.plan.module == "__main__":
+                # The script exits with this code now, not by a late stop's signal (after a
+                # second stop, a third may end it at once, as promised).
+                if not self.later_stops.pressed:
+                    signals.ignore_stops()
+            else:  # a search run from a module (a notebook, a larger program) may go on
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     def _search(self) -> int:
         started = time.monotonic()
@@ -127,11 +136,10 @@ class Launcher:
             self.fatal = st.failure_message(exc, "the launcher")
             code, headline = EXIT_SEARCH_FAILED, "Search stopped on an error"
         finally:
-            # One stop is enough: from here on another only cuts the grace wait short.
-            signals.ignore_stops()
+            self.later_stops.install()
+            self.out.stop_progress()  # plain lines now: an exit at once leaves no hidden cursor
             starter.join()
             self._stop_all()
-            self.out.stop_progress()
         if self.study is not None:
             try:
                 ending.summarize(self, headline, time.monotonic() - started)
@@ -456,11 +464,12 @@ class Launcher:
         self.accepting = False
         self._terminate_live()
         deadline = time.monotonic() + self.cfg.stop_grace
+        stops = self.later_stops
         try:
-            signals.raise_on_stops()
             # Wait for them, still showing what they print (a last checkpoint being saved)
-            # and counting a trial that finishes in the meantime.
-            while time.monotonic() < deadline:
+            # and counting a trial that finishes in the meantime; not after a second stop.
+            stops.waiting = not stops.pressed
+            while stops.waiting and time.monotonic() < deadline:
                 live = [s for s in self.slots if s.process.is_alive()]
                 if not live:
                     break
@@ -470,10 +479,9 @@ class Launcher:
                 for slot in live:
                     if slot.conn in ready:
                         self._drain(slot)
-        except (KeyboardInterrupt, signals.Terminated):
-            pass  # a second Ctrl-C: stop waiting
-        finally:
-            signals.ignore_stops()
+            stops.waiting = False
+        except signals.StopWaiting:
+            pass
         for slot in self.slots:
             if slot.process.is_alive():
                 slot.process.kill()

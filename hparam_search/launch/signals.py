@@ -25,10 +25,41 @@ def raise_on_stops() -> None:
 
 
 def ignore_stops() -> None:
-    """Ctrl-C and SIGTERM do nothing: the launcher is stopping already, and its last steps
-    (recording the end, the summary) take milliseconds and must not end in a traceback."""
+    """Ctrl-C and SIGTERM do nothing: for a script that is exiting after a stop (the
+    interpreter's teardown resets Python handlers, so only SIG_IGN keeps a late Ctrl-C from
+    ending it by the signal)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class StopWaiting(BaseException):
+    """Another Ctrl-C or SIGTERM came while the launcher waited for its workers to leave."""
+
+
+class LaterStops:
+    """Ctrl-C and SIGTERM once the launcher is stopping (or done). The next one cuts the wait
+    for the workers short (or skips it, when it comes first); the one after that gets the
+    signal's default action and ends the launcher at once, even inside a call that blocks (a
+    database that does not answer): the next run marks FAIL the trials it leaves RUNNING.
+    Never a traceback."""
+
+    def __init__(self) -> None:
+        self.waiting = False
+        self.pressed = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.pressed = True
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.write(2, b"Stopping without waiting for the workers; one more Ctrl-C or SIGTERM ends "
+                    b"the launcher at once (the next run marks FAIL what it leaves RUNNING).\n")
+        if self.waiting:
+            self.waiting = False
+            raise StopWaiting()
 
 
 def signal_name(number: int) -> str:

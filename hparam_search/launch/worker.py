@@ -143,7 +143,9 @@ def _main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None
         _leave(EXIT_RECYCLE)
     except (_trial.Interrupted, KeyboardInterrupt, EOFError, BrokenPipeError):
         # Stopped by the launcher, or the launcher is gone (before the catch-all below: EOFError
-        # and BrokenPipeError are Exceptions): give the slot back and leave.
+        # and BrokenPipeError are Exceptions): give the slot back and leave. Not cut short by
+        # a SIGTERM now (the launcher's death sends one) while this or the watchdog writes.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         state.fail_current("interrupted: the search was stopped")
         _leave(EXIT_INTERRUPTED)
     except HparamSearchError as exc:

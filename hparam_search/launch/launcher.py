@@ -10,16 +10,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .. import preflight
 from .. import storage as st
 from ..cluster import slurm
 from ..console import Console, Progress
 from ..errors import HparamSearchError
-from ..settings import cpu_count, thread_environment, threads_for_workers
-from . import ending, signals
+from ..settings import thread_environment, threads_for_workers
+from . import ending, opening, signals
 from . import trial as _trial
 from . import worker as _worker
-from .plan import LaunchPlan, run_metadata
+from .plan import LaunchPlan
 from .starting import Starter, environment, preload_for
 from .trial import TrialResult
 
@@ -117,7 +116,7 @@ class Launcher:
             # Workers import their (possibly heavy) modules while the parent opens the study;
             # with forkserver, starting them blocks until the server has imported the script.
             starter.start()
-            ready = self._prepare_study()
+            ready = opening.open_study(self)
             starter.finish()
             if not ready:
                 return EXIT_OK
@@ -148,54 +147,7 @@ class Launcher:
         return code
 
     # -- study ---------------------------------------------------------------------------
-    def _prepare_study(self) -> bool:
-        """Create or load the study; False when it has nothing left to do."""
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.storage = st.open_storage(self.plan.url, create=True)
-        self.study = st.create_or_load_study(self.storage, self.cfg.study_name,
-                                             self.cfg.directions, self.cfg.metrics or
-                                             ((self.cfg.metric,) if self.cfg.metric else ()))
-        self._check_against_previous_runs()
-        if self.cfg.tracking.on:  # before trials of dead processes are failed: their runs end
-            self.tracking = self._prepare_tracking()
-        stale = self._fail_dead(None, "its process died (found when the search was resumed)")
-        self.done = self.done_at_start = st.finished(self.counts())
-        remaining = self.cfg.n_trials - self.done
-        if remaining > 0:
-            st.enqueue_once(self.study, self.cfg.explicit, self.plan.url)
-            self.run_id = st.record_run(self.study, run_metadata(self.plan), self.plan.url)
-        if remaining <= 0:
-            self.accepting = False
-            self.out.line(
-                f"hparam_search: study '{self.cfg.study_name}' already has {self.done} finished "
-                f"trials (n_trials is {self.cfg.n_trials}); nothing to do. To run more, extend "
-                f"the budget: {self.plan.resume_command} --set n_trials={self.done + 50}")
-            return False
-        self.out.banner(study=self.cfg.study_name, db=self.plan.where, done=self.done,
-                        target=self.cfg.n_trials, n_workers=min(self.cfg.n_jobs, remaining),
-                        start_method=self.plan.start_method + (
-                            "; GPUs " + ", ".join(self._gpu_of(r) or ""
-                                                  for r in range(self.cfg.n_jobs))
-                            if self.cfg.gpus else ""),
-                        dashboard=st.dashboard_command(self.plan.url), stale=stale,
-                        threads=self._threads_text())
-        if self.slurm:
-            self.out.line(f"  slurm      job {self.slurm['job']} task {self.slurm['task']} on "
-                          f"{self.slurm['node']}")
-        if self.cfg.n_jobs > cpu_count():
-            self.out.line(f"warning: n_jobs ({self.cfg.n_jobs}) is more than the {cpu_count()} "
-                          f"CPU cores this process may use: workers will take turns on them")
-        # Workers beyond what is left are told to quit when they report ready.
-        self.wanted = min(self.cfg.n_jobs, remaining)
-        if self.cfg.timeout is not None:
-            self.deadline = time.time() + self.cfg.timeout
-        self.progress.done = self.done
-        self.out.start_progress(self.progress)
-        return True
-
-    def _fail_dead(self, pids: set[int] | None, reason: str) -> list[int]:
+    def fail_dead(self, pids: set[int] | None, reason: str) -> list[int]:
         """Mark FAIL the trials of these (or of dead) processes on this host and, with
         ``pids=None``, those whose heartbeat stopped (a host lost: while every worker here waits
         for the last slots, no claim would find them); end their tracking runs. Returns their
@@ -217,31 +169,6 @@ class Launcher:
             self._sinks = TrialSinks(self.tracking)
         self._sinks.end_interrupted([self.storage.get_trial(t) for t in trial_ids], state)
 
-    def _check_against_previous_runs(self) -> None:
-        """Before anything is written: a search space the stored trials cannot take is an
-        error; changed fixed values or ranges get a notice."""
-        notice = preflight.check(self.cfg, self.storage, st.study_id(self.study))
-        if notice:
-            self.out.line(notice)
-
-    def _prepare_tracking(self) -> Any:
-        from .. import tracking
-
-        cfg = self.cfg
-        names = list(cfg.metrics or ((cfg.metric,) if cfg.metric else ())) or (
-            ["value"] if len(cfg.directions) == 1 else
-            [f"value_{i}" for i in range(len(cfg.directions))])
-        return tracking.prepare(cfg.tracking, study=self.study, url=self.plan.url,
-                                files_root=str(self.plan.files_root), db_dir=str(self.plan.db_dir),
-                                study_name=cfg.study_name, objectives=names, say=self.out.line)
-
-    def _threads_text(self) -> str:
-        if self.threads is None:
-            return "as the libraries choose (threads_per_worker: 0)"
-        if "OMP_NUM_THREADS" not in self.thread_env:
-            return f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} (from your environment)"
-        return f"{self.threads} per worker (OMP, MKL, OpenBLAS and torch threads)"
-
     def counts(self) -> dict[str, int]:
         return st.state_counts(self.storage, st.study_id(self.study))
 
@@ -258,7 +185,7 @@ class Launcher:
             trials_root=str(self.plan.trials_root), trial_logs=self.cfg.trial_logs,
             artifacts_dir=str(self.plan.artifacts_dir), retries=self.cfg.retries,
             retry_exceptions=self.cfg.retry_exceptions,
-            one_trial=self.cfg.isolate_trials, gpu=self._gpu_of(rank),
+            one_trial=self.cfg.isolate_trials, gpu=self.gpu_of(rank),
             threads=self.threads if "OMP_NUM_THREADS" in self.thread_env else None,
             slurm=self.slurm)
         process = self.ctx.Process(target=_worker.main, args=(spec, child_conn),
@@ -269,7 +196,7 @@ class Launcher:
         self.all_pids.add(process.pid)
         self.slots.append(_Slot(rank, generation, process, parent_conn))
 
-    def _gpu_of(self, rank: int) -> str | None:
+    def gpu_of(self, rank: int) -> str | None:
         gpus = self.cfg.gpus
         return None if not gpus else gpus[(rank // self.cfg.workers_per_gpu) % len(gpus)]
 
@@ -413,7 +340,7 @@ class Launcher:
             return
         how = (f"was killed by {signals.signal_name(-code)}" if code < 0
                else f"exited with code {code}")
-        numbers = self._fail_dead({slot.process.pid}, f"its worker process {how}")
+        numbers = self.fail_dead({slot.process.pid}, f"its worker process {how}")
         again = " and will be retried" if self.cfg.retries else ""
         lost = f"; trial {', '.join(map(str, numbers))} marked FAIL{again}" if numbers else ""
         self.out.line(f"worker {slot.rank} (pid {slot.process.pid}) {how}{lost}")
@@ -438,7 +365,7 @@ class Launcher:
         if self.timed_out_search:
             return False
         while self.accepting:
-            self._fail_dead(None, "its process died while the search ran")
+            self.fail_dead(None, "its process died while the search ran")
             counts = self.counts()
             remaining = self.cfg.n_trials - st.finished(counts)
             if remaining <= 0:
@@ -493,7 +420,7 @@ class Launcher:
             slot.conn.close()
         if self.storage is not None and self.study is not None:
             try:
-                self._fail_dead(self.all_pids, "interrupted: the search was stopped")
+                self.fail_dead(self.all_pids, "interrupted: the search was stopped")
             except Exception as exc:  # noqa: BLE001 - storage down or full: the next run recovers
                 self.out.line(f"could not mark interrupted trials FAIL ({exc}); the next run "
                               "of this command will")

@@ -154,8 +154,8 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
     if start_method == "forkserver":
         from .launch import starting
 
-        # Its interpreter imports Optuna while this one imports the launcher and opens the study.
-        starting.start_fork_server(url, cfg)
+        # Before the launcher imports its own modules and opens the study (starting.py).
+        starting.start_fork_server(url, cfg, from_script=fn.__module__ == "__main__")
     from .launch.launcher import EXIT_SEARCH_FAILED, Launcher
     from .launch.plan import LaunchPlan
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hparam_search.launch.starting import SERVER_NAME
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 - a session fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -288,16 +289,18 @@ def pids_alive(pids: list[int]) -> list[int]:
 
 def worker_pids(pid: int) -> list[int]:
     """The launcher's worker processes: its children, or under forkserver the server's
-    children; not multiprocessing's resource tracker or fork server themselves."""
+    children; not multiprocessing's resource tracker or fork server themselves (a server
+    forked from the launcher has the launcher's command line, and its own name)."""
     out = []
     for child in children_of(pid):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            name = Path(f"/proc/{child}/comm").read_text().strip()
         except OSError:
             continue
         if b"resource_tracker" in cmdline:
             continue
-        if b"forkserver" in cmdline:
+        if b"forkserver" in cmdline or name == SERVER_NAME:
             out.extend(children_of(child))
         else:
             out.append(child)

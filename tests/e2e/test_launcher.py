@@ -340,3 +340,74 @@ def test_values_stored_match_what_train_returned(project: UserProject) -> None:
     assert project.run().returncode == 0
     for t in project.trials():
         assert math.isclose(t.value, (t.params["x"] - 1.0) ** 2)
+
+
+FORK_SERVER_SCRIPT = '''
+import json, os, sys, threading
+{prelude}
+from hparam_search import hparam_search, current_trial
+
+TOP_LEVEL_RAN_IN = os.getpid()  # the script's top level, run again by every worker
+
+
+@hparam_search()
+def train(config: dict) -> float:
+    server = os.getppid()
+    with open(f"/proc/{{server}}/cmdline", "rb") as f:
+        cmdline = f.read().split(b"\\0")
+    with open(f"/proc/{{server}}/comm") as f:
+        name = f.read().strip()
+    with open(f"/proc/{{server}}/stat") as f:
+        server_parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    with open(os.path.join(config["record_dir"], f"{{current_trial().number}}.json"), "w") as f:
+        json.dump({{"cmdline": [a.decode() for a in cmdline if a], "name": name,
+                   "server_parent": server_parent, "top_level_here": TOP_LEVEL_RAN_IN ==
+                   os.getpid(), "threads": {{v: os.environ.get(v) for v in
+                   ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}}}, f)
+    return config["x"] ** 2
+
+
+if __name__ == "__main__":
+    train()
+    print("launcher pid", os.getpid(), "OMP after:", os.environ.get("OMP_NUM_THREADS"))
+'''
+
+
+@pytest.mark.parametrize("prelude, forked", [
+    ("", True),
+    ("threading.Thread(target=threading.Event().wait, daemon=True).start()", False),
+    ("import numpy", False),
+])
+@pytest.mark.skipif(not sys.platform.startswith("linux") or sys.version_info >= (3, 14),
+                    reason="the launcher forks its fork server on Linux, Python 3.10 to 3.13")
+def test_the_fork_server_is_a_fork_of_the_launcher_only_while_that_is_clean(
+        project: UserProject, tmp_path: Path, prelude: str, forked: bool) -> None:
+    """A launcher that has started no thread and not imported numpy forks its fork server after
+    importing Optuna (one interpreter start, one import); otherwise the server is a new
+    interpreter, as multiprocessing starts it. Either way each worker runs the script's top
+    level itself, under the workers' thread variables, and the launcher's own variables come
+    back after the search."""
+    import os
+
+    from hparam_search.launch.starting import SERVER_NAME
+
+    record = tmp_path / "record"
+    record.mkdir()
+    project.write_script(FORK_SERVER_SCRIPT.format(prelude=prelude))
+    project.write_config(n_jobs=2, n_trials=4, threads_per_worker=3, record_dir=str(record))
+    result = project.run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    launcher_pid = int(result.stdout.split("launcher pid ")[1].split()[0])
+    assert f"OMP after: {os.environ.get('OMP_NUM_THREADS')}" in result.stdout
+    seen = configs_seen(record)
+    assert len(seen) == 4
+    for trial in seen:
+        assert trial["server_parent"] == launcher_pid
+        assert trial["top_level_here"] is True
+        assert trial["threads"] == {v: os.environ.get(v, "3") for v in trial["threads"]}
+        if forked:
+            assert trial["name"] == SERVER_NAME
+            assert trial["cmdline"][1:] == [str(project.script)]
+        else:
+            assert trial["name"] != SERVER_NAME
+            assert any("multiprocessing.forkserver" in a for a in trial["cmdline"])

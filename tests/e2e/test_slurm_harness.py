@@ -46,7 +46,8 @@ if [ "$t" = 0 ]; then
 else
   trap 'echo "$(date +%s.%N)" > "$d/term.$t"' TERM
   echo ready > "$d/ready.$t"
-  while :; do date +%s.%N > "$d/beat.$t"; sleep 0.1; done
+  # Written aside, then renamed: a SIGKILL between truncating and writing leaves no empty beat.
+  while :; do date +%s.%N > "$d/beat.$t.new"; mv "$d/beat.$t.new" "$d/beat.$t"; sleep 0.1; done
 fi
 """
 

@@ -36,16 +36,38 @@ def preload_for(url: str) -> list[str]:
 SERVER_NAME = "hparam-forksrv"
 
 
+def _open_fds() -> set[int]:
+    """This process's open file descriptors (Linux; elsewhere none)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return set()
+    fds = set()
+    for name in names:
+        try:
+            os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own, closed by now
+            continue
+        fds.add(int(name))
+    return fds
+
+
+# What this process had open when the package was imported (its standard streams, and whatever
+# the shell or the parent left open): anything opened later is the script's, which a fork of
+# the launcher would hold open in the fork server.
+FDS_AT_IMPORT = _open_fds()
+
+
 def start_fork_server(url: str, cfg: SearchConfig, *, from_script: bool) -> None:
     """Start the fork server now, so that its imports (Optuna, the storage's driver) are done
     before the first worker is wanted: the server is the longest path to the first trial. It
     is started under the thread variables the workers inherit.
 
-    While the launcher is still clean (one thread, numpy not yet imported; the search run from
-    the script itself), the server is a fork of the launcher taken right after the launcher has
+    While the launcher is still clean (see ``_launcher_is_clean``; the search run from the
+    script itself), the server is a fork of the launcher taken right after the launcher has
     imported what the server would: one interpreter start and one import of Optuna instead of
-    two that run side by side and slow each other down (0.15 s of a 0.45 s start on 2 cores).
-    Otherwise it is multiprocessing's own, a new interpreter."""
+    two that run side by side and slow each other down (the first trial 0.15 s sooner on 2
+    cores). Otherwise it is multiprocessing's own, a new interpreter."""
     import multiprocessing.forkserver
 
     from ..settings import thread_environment, threads_for_workers
@@ -54,46 +76,46 @@ def start_fork_server(url: str, cfg: SearchConfig, *, from_script: bool) -> None
     preload = preload_for(url)
     multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
     with environment(dict(thread_environment(threads))):
-        if from_script and _launcher_is_clean():
-            _fork_server_from_launcher(preload)
-        else:
+        if not (from_script and _launcher_is_clean() and _fork_server_from_launcher(preload)):
             multiprocessing.forkserver.ensure_running()
 
 
 def _launcher_is_clean() -> bool:
-    """Whether a fork of this process is as good a fork server as a new interpreter: no other
-    thread (the user's, a CUDA context's, a thread pool's: a lock one holds would stay locked
-    in every fork), numpy not imported (it sizes its thread pool from the thread variables
-    when imported, and these are only set now), and a multiprocessing whose fork server this
-    module knows (3.10 to 3.13)."""
+    """Whether a fork of this process is as good a fork server as a new interpreter:
+    - no other thread (the user's, a CUDA context's, a thread pool's): a lock one holds would
+      stay locked in every fork;
+    - nothing opened since the package was imported (a file, a socket, a pipe to a
+      subprocess, multiprocessing's resource tracker): the server would hold it open;
+    - numpy not imported: it sizes its thread pool from the thread variables when imported,
+      and these are only set now;
+    - Linux, and a multiprocessing whose fork server this module knows (3.10 to 3.13)."""
     import multiprocessing.forkserver
 
     if not sys.platform.startswith("linux") or sys.version_info >= (3, 14):
         return False
-    server = multiprocessing.forkserver._forkserver
-    if server._forkserver_pid is not None or "numpy" in sys.modules:
+    if multiprocessing.forkserver._forkserver._forkserver_pid is not None:
+        return False
+    if "numpy" in sys.modules or not FDS_AT_IMPORT:
         return False
     try:
-        return len(os.listdir("/proc/self/task")) == 1
+        threads = len(os.listdir("/proc/self/task"))
     except OSError:
         return False
+    return threads == 1 and not _open_fds() - FDS_AT_IMPORT
 
 
-def _fork_server_from_launcher(preload: list[str]) -> None:
+def _fork_server_from_launcher(preload: list[str]) -> bool:
     """Import ``preload`` here, then fork the fork server: what ``ensure_running`` does with a
-    new interpreter, with a fork of this one. multiprocessing then uses it as its own."""
+    new interpreter, with a fork of this one. multiprocessing then uses it as its own. False
+    when the fork failed (nothing is left behind)."""
     import importlib
     import socket
-    import types
     import warnings
     from multiprocessing import connection, forkserver, resource_tracker, util
 
     for name in preload:
         with contextlib.suppress(ImportError):  # as the server's own preload does
             importlib.import_module(name)
-    # Not under the server's lock: a lock held across the fork stays held in the server and
-    # in every worker. Nothing else runs yet (the launcher is one thread).
-    resource_tracker.ensure_running()
     with socket.socket(socket.AF_UNIX) as listener:
         address = connection.arbitrary_address("AF_UNIX")
         listener.bind(address)
@@ -104,43 +126,65 @@ def _fork_server_from_launcher(preload: list[str]) -> None:
         for stream in (sys.stdout, sys.stderr):  # else the fork writes it out again
             with contextlib.suppress(Exception):
                 stream.flush()
-        with warnings.catch_warnings():
-            # Python 3.12+ warns of any fork beside another thread; the only ones here are
-            # numpy's BLAS pool (imported just now), which OpenBLAS stops around a fork.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        name = _set_name(SERVER_NAME)  # the server has its name from its first instant
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns of any fork beside another thread; the only ones here are
+                # numpy's BLAS pool (imported just now), which OpenBLAS stops around a fork.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        except OSError:
+            pid = -1
         if pid == 0:  # the server: never returns into the launcher's code
             try:
                 os.close(alive_w)  # it ends when the launcher and every worker are gone
-                _become_server()
-                # Workers import the script again as __mp_main__, as from a new server.
-                sys.modules["__main__"] = types.ModuleType("__main__")
+                _become_server(name)
                 forkserver.main(listener.fileno(), alive_r, [])
             finally:
                 os._exit(0)
+        if name is not None:
+            _set_name(name)
         os.close(alive_r)
+        if pid < 0:
+            os.close(alive_w)
+            return False
     server = forkserver._forkserver
     server._forkserver_address = address
     server._forkserver_alive_fd = alive_w
     server._forkserver_pid = pid
+    # Only now, so that the server does not hold the tracker's pipe: the tracker ends when
+    # every holder has closed it, and Pythons that wait for it at exit would wait forever.
+    resource_tracker.ensure_running()
+    return True
 
 
-def _become_server() -> None:
-    """Name the server in /proc (its command line is the launcher's); each worker forked from
-    it takes the launcher's name back."""
+def _become_server(launcher_name: str | None) -> None:
+    """What a new interpreter would be: no handler of the script's for any signal, no script
+    as ``__main__`` (each worker imports it again as ``__mp_main__``), and each worker forked
+    from it named as the launcher is."""
+    import signal
+    import types
+
+    for sig in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            handler = signal.getsignal(sig)
+            if callable(handler) and handler is not signal.default_int_handler:
+                signal.signal(sig, signal.SIG_DFL)
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = types.ModuleType("__main__")
+    if launcher_name is not None:
+        os.register_at_fork(after_in_child=lambda: _set_name(launcher_name))
+
+
+def _set_name(name: str) -> str | None:
+    """Set this process's name in /proc/self/comm; return the one before (None: cannot)."""
     try:
         with open("/proc/self/comm") as f:
-            name = f.read().strip()
+            before = f.read().strip()
         with open("/proc/self/comm", "w") as f:
-            f.write(SERVER_NAME)
-    except OSError:
-        return
-
-    def rename() -> None:
-        with contextlib.suppress(OSError), open("/proc/self/comm", "w") as f:
             f.write(name)
-
-    os.register_at_fork(after_in_child=rename)
+    except OSError:
+        return None
+    return before
 
 
 class Starter(threading.Thread):

@@ -343,7 +343,7 @@ def test_values_stored_match_what_train_returned(project: UserProject) -> None:
 
 
 FORK_SERVER_SCRIPT = '''
-import json, os, sys, threading
+import json, os, signal, sys, threading
 {prelude}
 from hparam_search import hparam_search, current_trial
 
@@ -359,8 +359,11 @@ def train(config: dict) -> float:
         name = f.read().strip()
     with open(f"/proc/{{server}}/stat") as f:
         server_parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    with open(f"/proc/{{server}}/status") as f:
+        server_caught = int(next(l for l in f if l.startswith("SigCgt:")).split()[1], 16)
     with open(os.path.join(config["record_dir"], f"{{current_trial().number}}.json"), "w") as f:
-        json.dump({{"cmdline": [a.decode() for a in cmdline if a], "name": name,
+        json.dump({{"cmdline": [a.decode() for a in cmdline if a], "name": name, "server": server,
+                   "server_catches_sigterm": server_caught >> (signal.SIGTERM - 1) & 1 == 1,
                    "server_parent": server_parent, "top_level_here": TOP_LEVEL_RAN_IN ==
                    os.getpid(), "threads": {{v: os.environ.get(v) for v in
                    ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}}}, f)
@@ -370,6 +373,11 @@ def train(config: dict) -> float:
 if __name__ == "__main__":
     train()
     print("launcher pid", os.getpid(), "OMP after:", os.environ.get("OMP_NUM_THREADS"))
+    # What Python 3.12.10+ and 3.13.3+ do at exit: close the resource tracker's pipe and wait
+    # for the tracker, which ends once no process holds the pipe (the fork server must not).
+    from multiprocessing import resource_tracker
+    resource_tracker._resource_tracker._stop()
+    print("tracker stopped")
 '''
 
 
@@ -377,6 +385,8 @@ if __name__ == "__main__":
     ("", True),
     ("threading.Thread(target=threading.Event().wait, daemon=True).start()", False),
     ("import numpy", False),
+    ("from hparam_search import hparam_search\nKEEP = open(os.devnull)", False),
+    ("import signal\nsignal.signal(signal.SIGTERM, lambda *a: None)", True),
 ])
 @pytest.mark.skipif(not sys.platform.startswith("linux") or sys.version_info >= (3, 14),
                     reason="the launcher forks its fork server on Linux, Python 3.10 to 3.13")
@@ -384,25 +394,32 @@ def test_the_fork_server_is_a_fork_of_the_launcher_only_while_that_is_clean(
         project: UserProject, tmp_path: Path, prelude: str, forked: bool) -> None:
     """A launcher that has started no thread and not imported numpy forks its fork server after
     importing Optuna (one interpreter start, one import); otherwise the server is a new
-    interpreter, as multiprocessing starts it. Either way each worker runs the script's top
-    level itself, under the workers' thread variables, and the launcher's own variables come
-    back after the search."""
+    interpreter, as multiprocessing starts it: also when the script opened a file after
+    importing the package, which the server would hold. Either way each worker runs the
+    script's top level itself, under the workers' thread variables; the launcher's own
+    variables come back after the search; the server holds neither the script's signal
+    handlers nor multiprocessing's resource tracker (a launcher waiting for the tracker at
+    exit would wait forever), and it is gone once the launcher has exited."""
     import os
+    import time
 
     from hparam_search.launch.starting import SERVER_NAME
 
     record = tmp_path / "record"
     record.mkdir()
     project.write_script(FORK_SERVER_SCRIPT.format(prelude=prelude))
-    project.write_config(n_jobs=2, n_trials=4, threads_per_worker=3, record_dir=str(record))
-    result = project.run()
+    project.write_config(n_jobs=2, n_trials=4, threads_per_worker=3, record_dir=str(record),
+                         isolate_trials=True)  # each trial in a worker forked when it starts
+    result = project.run(timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "tracker stopped" in result.stdout
     launcher_pid = int(result.stdout.split("launcher pid ")[1].split()[0])
     assert f"OMP after: {os.environ.get('OMP_NUM_THREADS')}" in result.stdout
     seen = configs_seen(record)
     assert len(seen) == 4
     for trial in seen:
         assert trial["server_parent"] == launcher_pid
+        assert trial["server_catches_sigterm"] is False
         assert trial["top_level_here"] is True
         assert trial["threads"] == {v: os.environ.get(v, "3") for v in trial["threads"]}
         if forked:
@@ -411,3 +428,10 @@ def test_the_fork_server_is_a_fork_of_the_launcher_only_while_that_is_clean(
         else:
             assert trial["name"] != SERVER_NAME
             assert any("multiprocessing.forkserver" in a for a in trial["cmdline"])
+    servers = {trial["server"] for trial in seen}
+    assert len(servers) == 1
+    server = Path(f"/proc/{servers.pop()}/stat")
+    deadline = time.monotonic() + 10
+    while server.exists() and server.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the fork server outlived its launcher"
+        time.sleep(0.05)

@@ -36,19 +36,19 @@ def preload_for(url: str) -> list[str]:
 SERVER_NAME = "hparam-forksrv"
 
 
-def _open_fds() -> set[int]:
-    """This process's open file descriptors (Linux; elsewhere none)."""
+def _open_fds() -> dict[int, str] | None:
+    """This process's open file descriptors and what each is open on; None where /proc does
+    not say (not Linux)."""
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:
-        return set()
-    fds = set()
+        return None
+    fds = {}
     for name in names:
         try:
-            os.readlink(f"/proc/self/fd/{name}")
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
         except OSError:  # the listing's own, closed by now
             continue
-        fds.add(int(name))
     return fds
 
 
@@ -85,7 +85,8 @@ def _launcher_is_clean() -> bool:
     - no other thread (the user's, a CUDA context's, a thread pool's): a lock one holds would
       stay locked in every fork;
     - nothing opened since the package was imported (a file, a socket, a pipe to a
-      subprocess, multiprocessing's resource tracker): the server would hold it open;
+      subprocess), and multiprocessing's resource tracker not started: the server would hold
+      it open;
     - numpy not imported: it sizes its thread pool from the thread variables when imported,
       and these are only set now;
     - Linux, and a multiprocessing whose fork server this module knows (3.10 to 3.13)."""
@@ -95,13 +96,22 @@ def _launcher_is_clean() -> bool:
         return False
     if multiprocessing.forkserver._forkserver._forkserver_pid is not None:
         return False
-    if "numpy" in sys.modules or not FDS_AT_IMPORT:
+    if "numpy" in sys.modules or _tracker_running():
         return False
     try:
         threads = len(os.listdir("/proc/self/task"))
     except OSError:
         return False
-    return threads == 1 and not _open_fds() - FDS_AT_IMPORT
+    # The same descriptors, open on the same things (a number reused for a new pipe differs).
+    return threads == 1 and FDS_AT_IMPORT is not None and _open_fds() == FDS_AT_IMPORT
+
+
+def _tracker_running() -> bool:
+    """Whether multiprocessing's resource tracker was started (its pipe may predate the
+    package's import)."""
+    from multiprocessing import resource_tracker
+
+    return getattr(resource_tracker._resource_tracker, "_fd", None) is not None
 
 
 def _fork_server_from_launcher(preload: list[str]) -> bool:
@@ -109,6 +119,7 @@ def _fork_server_from_launcher(preload: list[str]) -> bool:
     new interpreter, with a fork of this one. multiprocessing then uses it as its own. False
     when the fork failed (nothing is left behind)."""
     import importlib
+    import signal
     import socket
     import warnings
     from multiprocessing import connection, forkserver, resource_tracker, util
@@ -126,7 +137,11 @@ def _fork_server_from_launcher(preload: list[str]) -> bool:
         for stream in (sys.stdout, sys.stderr):  # else the fork writes it out again
             with contextlib.suppress(Exception):
                 stream.flush()
-        name = _set_name(SERVER_NAME)  # the server has its name from its first instant
+        # The server has its name from its first instant, and no stop can land in it before
+        # it has left the launcher's code (nor in the launcher while it carries that name).
+        stops = {signal.SIGINT, signal.SIGTERM}
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        name = _set_name(SERVER_NAME)
         try:
             with warnings.catch_warnings():
                 # Python 3.12+ warns of any fork beside another thread; the only ones here are
@@ -135,19 +150,17 @@ def _fork_server_from_launcher(preload: list[str]) -> bool:
                 pid = os.fork()
         except OSError:
             pid = -1
-        if pid == 0:  # the server: never returns into the launcher's code
-            try:
-                os.close(alive_w)  # it ends when the launcher and every worker are gone
-                _become_server(name)
-                forkserver.main(listener.fileno(), alive_r, [])
-            finally:
-                os._exit(0)
-        if name is not None:
-            _set_name(name)
-        os.close(alive_r)
-        if pid < 0:
-            os.close(alive_w)
-            return False
+        if pid == 0:
+            _serve(listener.fileno(), alive_r, alive_w, name, before)
+        try:
+            os.close(alive_r)
+            if pid < 0:
+                os.close(alive_w)
+                return False
+        finally:
+            if name is not None:
+                _set_name(name)
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
     server = forkserver._forkserver
     server._forkserver_address = address
     server._forkserver_alive_fd = alive_w
@@ -158,21 +171,46 @@ def _fork_server_from_launcher(preload: list[str]) -> bool:
     return True
 
 
-def _become_server(launcher_name: str | None) -> None:
-    """What a new interpreter would be: no handler of the script's for any signal, no script
-    as ``__main__`` (each worker imports it again as ``__mp_main__``), and each worker forked
-    from it named as the launcher is."""
+def _serve(listener_fd: int, alive_r: int, alive_w: int, launcher_name: str | None,
+           mask: set[int]) -> None:
+    """The fork server, in the fork: first made what a new interpreter would be (no handler of
+    the script's for any signal, no script as ``__main__``: each worker imports it again as
+    ``__mp_main__``), then multiprocessing's own loop. Never returns into the launcher's
+    code; says why if it fails, as a new interpreter would."""
     import signal
+    import traceback
     import types
+    from multiprocessing import forkserver
 
-    for sig in signal.valid_signals():
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            handler = signal.getsignal(sig)
-            if callable(handler) and handler is not signal.default_int_handler:
-                signal.signal(sig, signal.SIG_DFL)
-    sys.modules["__main__"] = sys.modules["__mp_main__"] = types.ModuleType("__main__")
-    if launcher_name is not None:
-        os.register_at_fork(after_in_child=lambda: _set_name(launcher_name))
+    code = 0
+    try:
+        os.close(alive_w)  # it ends when the launcher and every worker are gone
+        for sig in signal.valid_signals():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                handler = signal.getsignal(sig)
+                if sig == signal.SIGINT:
+                    signal.signal(sig, signal.default_int_handler)
+                elif callable(handler):
+                    signal.signal(sig, signal.SIG_DFL)
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = types.ModuleType("__main__")
+        if launcher_name is not None:
+            server = os.getpid()
+
+            def rename_worker() -> None:  # not the processes a worker forks in turn
+                if os.getppid() == server:
+                    _set_name(launcher_name)
+
+            os.register_at_fork(after_in_child=rename_worker)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        forkserver.main(listener_fd, alive_r, [])
+    except (SystemExit, KeyboardInterrupt):
+        pass
+    except BaseException:  # noqa: BLE001 - reported, then the process ends
+        code = 1
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        os._exit(code)
 
 
 def _set_name(name: str) -> str | None:

@@ -105,8 +105,13 @@ class FastPostgresStorage(FastStorage):
 
     @staticmethod
     def _lost(raw: Any) -> bool:
-        # A server restart, a failover or an idle-session timeout ends the session.
-        return bool(raw.closed or raw.broken)
+        # A server restart, a failover or an idle-session timeout ends the session. A statement
+        # still under way between calls was cut short in the client (Ctrl-C or SIGTERM raises
+        # wherever the launcher is): the session cannot take another one, so it counts as lost.
+        from psycopg.pq import TransactionStatus
+
+        return bool(raw.closed or raw.broken
+                    or raw.info.transaction_status == TransactionStatus.ACTIVE)
 
     @staticmethod
     def _is_operational(exc: BaseException) -> bool:

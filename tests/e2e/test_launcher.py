@@ -387,6 +387,7 @@ if __name__ == "__main__":
     ("import numpy", False),
     ("from hparam_search import hparam_search\nKEEP = open(os.devnull)", False),
     ("import signal\nsignal.signal(signal.SIGTERM, lambda *a: None)", True),
+    ("from multiprocessing import resource_tracker\nresource_tracker.ensure_running()", False),
 ])
 @pytest.mark.skipif(not sys.platform.startswith("linux") or sys.version_info >= (3, 14),
                     reason="the launcher forks its fork server on Linux, Python 3.10 to 3.13")
@@ -395,7 +396,8 @@ def test_the_fork_server_is_a_fork_of_the_launcher_only_while_that_is_clean(
     """A launcher that has started no thread and not imported numpy forks its fork server after
     importing Optuna (one interpreter start, one import); otherwise the server is a new
     interpreter, as multiprocessing starts it: also when the script opened a file after
-    importing the package, which the server would hold. Either way each worker runs the
+    importing the package, or started multiprocessing's resource tracker (before importing
+    it), either of which the server would hold open. Either way each worker runs the
     script's top level itself, under the workers' thread variables; the launcher's own
     variables come back after the search; the server holds neither the script's signal
     handlers nor multiprocessing's resource tracker (a launcher waiting for the tracker at

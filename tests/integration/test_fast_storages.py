@@ -551,3 +551,43 @@ def _trials_through_optuna(url: str, name: str) -> int:
         return len(optuna.load_study(study_name=name, storage=storage).trials)
     finally:
         storage.engine.dispose()
+
+
+class _Stop(BaseException):
+    """What a stop raises in the launcher's main thread (KeyboardInterrupt, Terminated)."""
+
+
+def test_a_stop_that_lands_inside_a_postgresql_statement_leaves_the_storage_usable(
+        postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM raises in the launcher wherever it is, also in the middle of a
+    statement the server has not answered yet: the stop itself must come out (not the
+    driver's "another command is already in progress"), and the next call must work."""
+    import signal
+
+    import psycopg
+
+    fast = st.open_storage(st.resolve_storage(postgres_server.url, tmp_path), create=True)
+    study = optuna.create_study(study_name=f"stop_{uuid.uuid4().hex[:8]}", storage=fast)
+    tid = study.ask()._trial_id
+    holder = psycopg.connect(postgres_server.url)
+    previous = signal.getsignal(signal.SIGALRM)
+
+    def stop(*_: object) -> None:
+        raise _Stop
+
+    try:
+        # Another session holds the trial's row: the write waits for the server's answer.
+        holder.execute("SELECT 1 FROM trials WHERE trial_id = %s FOR UPDATE", (tid,))
+        signal.signal(signal.SIGALRM, stop)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(_Stop):
+            fast.set_trial_user_attr(tid, "k", 1)
+        holder.rollback()
+        fast.set_trial_user_attr(tid, "k", 2)
+        assert fast.get_trial(tid).user_attrs == {"k": 2}
+        assert study.trials[0].user_attrs == {"k": 2}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        holder.close()
+        st.close_storage(fast)

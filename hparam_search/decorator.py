@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import HparamSearchError
-from .launch import starting  # light; notes what the process has open before the script runs
+from .launch import fork_server  # light; notes what the process has open before the script runs
 from .storage import describe, mask_secrets, resolve_storage, sqlite_url
 
 if TYPE_CHECKING:
@@ -153,8 +153,8 @@ def run_search(fn: Callable[..., Any], config_path: str | os.PathLike[str],
     start_method = (cfg.start_method or multiprocessing.get_start_method(allow_none=True)
                     or ("spawn" if cfg.gpus else default_start_method()))
     if start_method == "forkserver":
-        # Before the launcher imports its own modules and opens the study (starting.py).
-        starting.start_fork_server(url, cfg, from_script=fn.__module__ == "__main__")
+        # Before the launcher imports its own modules and opens the study.
+        fork_server.start_fork_server(url, cfg, from_script=fn.__module__ == "__main__")
     from .launch.launcher import EXIT_SEARCH_FAILED, Launcher
     from .launch.plan import LaunchPlan
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hparam_search.launch.starting import SERVER_NAME
+from hparam_search.launch.fork_server import SERVER_NAME
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 - a session fixture
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,8 +18,9 @@ from ..settings import thread_environment, threads_for_workers
 from . import ending, opening, signals
 from . import trial as _trial
 from . import worker as _worker
+from .fork_server import preload_for
 from .plan import LaunchPlan
-from .starting import Starter, environment, preload_for
+from .starting import Starter, environment
 from .trial import TrialResult
 
 EXIT_OK = 0

@@ -30,7 +30,7 @@ from ..space import ParamSpec
 from . import capture as _capture
 from . import signals
 from . import trial as _trial
-from .starting import PRELOAD, preload_for
+from .fork_server import PRELOAD, preload_for
 
 EXIT_DONE = 0
 EXIT_FATAL = 3  # a message explaining why was sent first

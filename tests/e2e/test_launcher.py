@@ -405,7 +405,7 @@ def test_the_fork_server_is_a_fork_of_the_launcher_only_while_that_is_clean(
     import os
     import time
 
-    from hparam_search.launch.starting import SERVER_NAME
+    from hparam_search.launch.fork_server import SERVER_NAME
 
     record = tmp_path / "record"
     record.mkdir()

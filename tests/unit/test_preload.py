@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 
-from hparam_search.launch.starting import PRELOAD, preload_for
+from hparam_search.launch.fork_server import PRELOAD, preload_for
 
 
 @pytest.mark.parametrize("url, extra", [

@@ -437,3 +437,25 @@ def test_the_fork_server_is_a_fork_of_the_launcher_only_while_that_is_clean(
     while server.exists() and server.read_text().rsplit(")", 1)[1].split()[0] != "Z":
         assert time.monotonic() < deadline, "the fork server outlived its launcher"
         time.sleep(0.05)
+
+
+def test_a_search_run_from_another_module_gets_a_new_interpreter_as_fork_server(
+        project: UserProject, tmp_path: Path) -> None:
+    """Only a search run from the script itself forks its server from the launcher: a program
+    that calls an imported ``train()`` goes on afterwards, and its numpy would otherwise keep
+    the workers' thread count."""
+    record = tmp_path / "record"
+    record.mkdir()
+    project.write_script(FORK_SERVER_SCRIPT.format(prelude=""), name="search.py")
+    runner = project.write_script("import os, search\nif __name__ == '__main__':\n"
+                                  "    search.train()\n    print('launcher pid', os.getpid())\n",
+                                  name="runner.py")
+    project.write_config(n_jobs=1, n_trials=2, record_dir=str(record))
+    result = project.run(script=runner, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    launcher_pid = int(result.stdout.split("launcher pid ")[1].split()[0])
+    seen = configs_seen(record)
+    assert len(seen) == 2
+    for trial in seen:
+        assert trial["server_parent"] == launcher_pid
+        assert any("multiprocessing.forkserver" in a for a in trial["cmdline"])

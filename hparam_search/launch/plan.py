@@ -86,13 +86,15 @@ def run_metadata(plan: LaunchPlan) -> dict[str, Any]:
 def _git_state(folder: Path) -> dict[str, Any] | None:
     import subprocess
 
-    try:
-        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"],
+    try:  # one call for both: the commit (`# branch.oid`), and any change, untracked included
+        status = subprocess.run(["git", "-C", str(folder), "status", "--porcelain=v2", "--branch"],
                                 capture_output=True, text=True, timeout=5)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    if status.returncode != 0:  # not a repository (or no git)
+        return None
+    lines = status.stdout.splitlines()
+    commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), None)
+    if commit is None or commit == "(initial)":  # no commit yet
+        return None
+    return {"commit": commit, "dirty": any(not line.startswith("#") for line in lines)}

@@ -16,7 +16,8 @@ fi
 cd "$here/.."
 # Bytecode as an installed package has it (pip compiles at install; Optuna's peers run compiled).
 # A checkout run under PYTHONDONTWRITEBYTECODE=1 would otherwise compile the package again at
-# every launch (about 0.05-0.08 s more to the first trial on a 2-core machine).
-"${PROJECT_PYTHON:-python3}" -m compileall -q hparam_search >/dev/null  # the interpreter that runs it
+# every launch (about 0.05-0.08 s more to the first trial on a 2-core machine). Compiled by the
+# interpreter that runs the package: bytecode is per Python version.
+"${PROJECT_PYTHON:-python3}" -m compileall -q hparam_search >/dev/null
 PROJECT_DIR="$(pwd)" python3 "$bench/run.py" --peers project,optuna-sqlite,optuna-journal \
   "${args[@]}" --out benchmarks/results/harness.json --md benchmarks/results/harness.md

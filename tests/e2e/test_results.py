@@ -92,9 +92,7 @@ def test_show_summary_config_and_top_n(made: UserProject) -> None:
     assert f"best         trial {best_trial.number}: value={best_trial.value:.6g}" in out
     assert "directions   minimize" in out and "FAIL 1" in out
     assert f"script       {made.script}" in out
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=made.root, capture_output=True,
-                            text=True).stdout.strip()
-    assert f"git          {commit}" in out
+    assert f"git          {_head(made.root)}" in out
     assert "  experiment_name: exp" in out and "  n_trials: 12" in out  # the resolved config
     top = out.split("top 3 trials:\n")[1].splitlines()
     assert len(top) == 4  # header + 3
@@ -113,11 +111,14 @@ def test_study_metadata_is_stored(made: UserProject) -> None:
     assert run["python"] == sys.version.split()[0]
     assert run["versions"]["optuna"] == optuna.__version__
     assert yaml.safe_load(run["config"])["n_trials"] == 12
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=made.root, capture_output=True,
-                          text=True).stdout.strip()
     # The script and config were never committed: the run was made from a changed tree.
-    assert run["git"] == {"commit": head, "dirty": True}
+    assert run["git"] == {"commit": _head(made.root), "dirty": True}
     assert run["host"]
+
+
+def _head(repo: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
 
 
 def test_best_writes_a_config_train_can_run(made: UserProject, tmp_path: Path) -> None:

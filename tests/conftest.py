@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hparam_search.launch.fork_server import SERVER_NAME
+from hparam_search.launch.fork_server import SERVER_NAME, TRACKER_NAME
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 - a session fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -289,8 +289,8 @@ def pids_alive(pids: list[int]) -> list[int]:
 
 def worker_pids(pid: int) -> list[int]:
     """The launcher's worker processes: its children, or under forkserver the server's
-    children; not multiprocessing's resource tracker or fork server themselves (a server
-    forked from the launcher has the launcher's command line, and its own name)."""
+    children; not multiprocessing's resource tracker or fork server themselves (either, when
+    forked from the launcher, has the launcher's command line, and its own name)."""
     out = []
     for child in children_of(pid):
         try:
@@ -298,7 +298,7 @@ def worker_pids(pid: int) -> list[int]:
             name = Path(f"/proc/{child}/comm").read_text().strip()
         except OSError:
             continue
-        if b"resource_tracker" in cmdline:
+        if b"resource_tracker" in cmdline or name == TRACKER_NAME:
             continue
         if b"forkserver" in cmdline or name == SERVER_NAME:
             out.extend(children_of(child))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,8 @@ def preload_for(url: str) -> list[str]:
 # The name the fork server takes in /proc/<pid>/comm when it is a fork of the launcher (its
 # command line is the launcher's): how tools tell it from the workers. At most 15 characters.
 SERVER_NAME = "hparam-forksrv"
+# The same for multiprocessing's resource tracker when it is a fork of the launcher.
+TRACKER_NAME = "hparam-tracker"
 
 
 def _open_fds() -> dict[int, str] | None:
@@ -118,9 +121,7 @@ def _fork_server_from_launcher(preload: list[str]) -> bool:
     new interpreter, with a fork of this one. multiprocessing then uses it as its own. False
     when the fork failed (nothing is left behind)."""
     import importlib
-    import signal
     import socket
-    import warnings
     from multiprocessing import connection, forkserver, resource_tracker, util
 
     for name in preload:
@@ -133,50 +134,124 @@ def _fork_server_from_launcher(preload: list[str]) -> bool:
             os.chmod(address, 0o600)
         listener.listen()
         alive_r, alive_w = os.pipe()
-        for stream in (sys.stdout, sys.stderr):  # else the fork writes it out again
-            with contextlib.suppress(Exception):
-                stream.flush()
-        # The server has its name from its first instant, and no stop can land in it before
-        # it has left the launcher's code (nor in the launcher while it carries that name).
-        stops = {signal.SIGINT, signal.SIGTERM}
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-        name = _set_name(SERVER_NAME)
-        try:
-            with warnings.catch_warnings():
-                # Python 3.12+ warns of any fork beside another thread; the only ones here are
-                # numpy's BLAS pool (imported just now), which OpenBLAS stops around a fork.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-        except OSError:
-            pid = -1
+        pid, launcher_name, mask = _fork_named(SERVER_NAME)
         if pid == 0:
-            _serve(listener.fileno(), alive_r, alive_w, name, before)
-        try:
-            os.close(alive_r)
-            if pid < 0:
-                os.close(alive_w)
-                return False
-        finally:
-            if name is not None:
-                _set_name(name)
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+            _serve(listener.fileno(), alive_r, alive_w, launcher_name, mask)
+        os.close(alive_r)
+        if pid < 0:
+            os.close(alive_w)
+            return False
     server = forkserver._forkserver
     server._forkserver_address = address
     server._forkserver_alive_fd = alive_w
     server._forkserver_pid = pid
     # Only now, so that the server does not hold the tracker's pipe: the tracker ends when
     # every holder has closed it, and Pythons that wait for it at exit would wait forever.
-    resource_tracker.ensure_running()
+    if not _tracker_from_launcher():
+        resource_tracker.ensure_running()
     return True
 
 
+def _tracker_from_launcher() -> bool:
+    """Start multiprocessing's resource tracker as a fork of the launcher, as the fork server
+    is: what ``ensure_running`` does with a new interpreter (about 0.05 s of CPU beside the
+    first trials on 2 cores), with a fork that holds nothing but its pipe and stderr. False
+    when the fork failed (nothing is left behind)."""
+    from multiprocessing import resource_tracker
+
+    read_end, write_end = os.pipe()
+    if min(read_end, write_end) < 3:  # a standard stream was closed: the tracker would close it
+        os.close(read_end)
+        os.close(write_end)
+        return False
+    pid, _, mask = _fork_named(TRACKER_NAME)
+    if pid == 0:
+        _track(read_end, mask)
+    os.close(read_end)
+    if pid < 0:
+        os.close(write_end)
+        return False
+    tracker = resource_tracker._resource_tracker
+    tracker._fd, tracker._pid = write_end, pid
+    return True
+
+
+def _fork_named(name: str) -> tuple[int, str | None, set[signal.Signals]]:
+    """Fork; the child has ``name`` from its first instant, and SIGINT and SIGTERM blocked
+    until it has left the launcher's code (nor does the launcher carry that name, or block
+    them, once this returns). The pid (0 in the child, -1 when the fork failed), the
+    launcher's name (None: unknown) and its signal mask, for the child to restore."""
+    import warnings
+
+    for stream in (sys.stdout, sys.stderr):  # else the fork writes it out again
+        with contextlib.suppress(Exception):
+            stream.flush()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    launcher_name = _set_name(name)
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of any fork beside another thread; the only ones here are
+            # numpy's BLAS pool (imported by the preload), which OpenBLAS stops around a fork.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        pid = -1
+    if pid != 0:
+        if launcher_name is not None:
+            _set_name(launcher_name)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    return pid, launcher_name, before
+
+
+def _drop_script_handlers() -> None:
+    """No handler of the script's for any signal: what a new interpreter starts with."""
+    for sig in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            handler = signal.getsignal(sig)
+            if sig == signal.SIGINT:
+                signal.signal(sig, signal.default_int_handler)
+            elif callable(handler):
+                signal.signal(sig, signal.SIG_DFL)
+
+
+def _track(read_end: int, mask: set[signal.Signals]) -> None:
+    """The resource tracker, in the fork: every descriptor closed but its pipe and stderr (a
+    copy of the fork server's or a worker's pipe would keep them waiting), then
+    multiprocessing's own loop, which ends when every holder of the pipe has closed it.
+    Never returns into the launcher's code."""
+    import gc
+    import traceback
+
+    code = 0
+    try:
+        os.closerange(3, read_end)
+        os.closerange(read_end + 1, max(os.sysconf("SC_OPEN_MAX"), read_end + 1))
+        # Its loop lives as long as the search: no full collection of the launcher's objects,
+        # which would copy the pages it shares with the launcher.
+        gc.freeze()
+        _drop_script_handlers()
+        # Its loop ignores SIGINT and SIGTERM, then unblocks them: a Ctrl-C of the whole
+        # group leaves the tracker to clean up after the workers, as it is meant to.
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask | {signal.SIGINT, signal.SIGTERM})
+        from multiprocessing import resource_tracker
+
+        resource_tracker.main(read_end)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - reported, then the process ends
+        code = 1
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 def _serve(listener_fd: int, alive_r: int, alive_w: int, launcher_name: str | None,
-           mask: set[int]) -> None:
+           mask: set[signal.Signals]) -> None:
     """The fork server, in the fork: first made what a new interpreter would be (no handler of
     the script's for any signal, no script as ``__main__``: each worker imports it again as
     ``__mp_main__``), then multiprocessing's own loop. Never returns into the launcher's
     code; says why if it fails, as a new interpreter would."""
-    import signal
     import traceback
     import types
     from multiprocessing import forkserver
@@ -184,13 +259,7 @@ def _serve(listener_fd: int, alive_r: int, alive_w: int, launcher_name: str | No
     code = 0
     try:
         os.close(alive_w)  # it ends when the launcher and every worker are gone
-        for sig in signal.valid_signals():
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                handler = signal.getsignal(sig)
-                if sig == signal.SIGINT:
-                    signal.signal(sig, signal.default_int_handler)
-                elif callable(handler):
-                    signal.signal(sig, signal.SIG_DFL)
+        _drop_script_handlers()
         sys.modules["__main__"] = sys.modules["__mp_main__"] = types.ModuleType("__main__")
         if launcher_name is not None:
             server = os.getpid()

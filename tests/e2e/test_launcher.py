@@ -346,6 +346,7 @@ FORK_SERVER_SCRIPT = '''
 import json, os, signal, sys, threading
 {prelude}
 from hparam_search import hparam_search, current_trial
+from hparam_search.launch.fork_server import TRACKER_NAME
 
 TOP_LEVEL_RAN_IN = os.getpid()  # the script's top level, run again by every worker
 
@@ -361,10 +362,27 @@ def train(config: dict) -> float:
         server_parent = int(f.read().rsplit(")", 1)[1].split()[1])
     with open(f"/proc/{{server}}/status") as f:
         server_caught = int(next(l for l in f if l.startswith("SigCgt:")).split()[1], 16)
+    trackers = []  # multiprocessing's resource tracker: a child of the launcher, not the server
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{{pid}}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{{pid}}/cmdline", "rb") as f:
+                tracker_cmdline = f.read()
+            fds = sorted(int(fd) for fd in os.listdir(f"/proc/{{pid}}/fd"))
+            with open(f"/proc/{{pid}}/comm") as f:
+                tracker_name = f.read().strip()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == server_parent and int(pid) != server and (
+                b"resource_tracker" in tracker_cmdline or tracker_name == TRACKER_NAME):
+            trackers.append({{"name": tracker_name, "fds": fds,
+                              "exec": b"resource_tracker" in tracker_cmdline}})
     with open(os.path.join(config["record_dir"], f"{{current_trial().number}}.json"), "w") as f:
         json.dump({{"cmdline": [a.decode() for a in cmdline if a], "name": name, "server": server,
                    "server_catches_sigterm": server_caught >> (signal.SIGTERM - 1) & 1 == 1,
-                   "server_parent": server_parent, "top_level_here": TOP_LEVEL_RAN_IN ==
+                   "server_parent": server_parent, "trackers": trackers,
+                   "top_level_here": TOP_LEVEL_RAN_IN ==
                    os.getpid(), "threads": {{v: os.environ.get(v) for v in
                    ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}}}, f)
     return config["x"] ** 2
@@ -405,7 +423,7 @@ def test_the_fork_server_is_a_fork_of_the_launcher_only_while_that_is_clean(
     import os
     import time
 
-    from hparam_search.launch.fork_server import SERVER_NAME
+    from hparam_search.launch.fork_server import SERVER_NAME, TRACKER_NAME
 
     record = tmp_path / "record"
     record.mkdir()
@@ -427,9 +445,14 @@ def test_the_fork_server_is_a_fork_of_the_launcher_only_while_that_is_clean(
         if forked:
             assert trial["name"] == SERVER_NAME
             assert trial["cmdline"][1:] == [str(project.script)]
+            # The tracker too is a fork, holding its pipe and the standard streams only.
+            [tracker] = trial["trackers"]
+            assert tracker["name"] == TRACKER_NAME and not tracker["exec"]
+            assert len([fd for fd in tracker["fds"] if fd > 2]) == 1, tracker
         else:
             assert trial["name"] != SERVER_NAME
             assert any("multiprocessing.forkserver" in a for a in trial["cmdline"])
+            assert [t["exec"] for t in trial["trackers"]] == [True]
     servers = {trial["server"] for trial in seen}
     assert len(servers) == 1
     server = Path(f"/proc/{servers.pop()}/stat")

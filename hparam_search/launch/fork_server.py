@@ -155,10 +155,13 @@ def _fork_server_from_launcher(preload: list[str]) -> bool:
 def _tracker_from_launcher() -> bool:
     """Start multiprocessing's resource tracker as a fork of the launcher, as the fork server
     is: what ``ensure_running`` does with a new interpreter (about 0.05 s of CPU beside the
-    first trials on 2 cores), with a fork that holds nothing but its pipe and stderr. False
-    when the fork failed (nothing is left behind)."""
+    first trials on 2 cores), with a fork that holds nothing but its pipe and the standard
+    streams. False when the fork failed (nothing is left behind)."""
     from multiprocessing import resource_tracker
 
+    tracker = resource_tracker._resource_tracker
+    if tracker._fd is not None:  # one was started meanwhile (by a preloaded module)
+        return True
     read_end, write_end = os.pipe()
     if min(read_end, write_end) < 3:  # a standard stream was closed: the tracker would close it
         os.close(read_end)
@@ -171,7 +174,6 @@ def _tracker_from_launcher() -> bool:
     if pid < 0:
         os.close(write_end)
         return False
-    tracker = resource_tracker._resource_tracker
     tracker._fd, tracker._pid = write_end, pid
     return True
 
@@ -179,8 +181,8 @@ def _tracker_from_launcher() -> bool:
 def _fork_named(name: str) -> tuple[int, str | None, set[signal.Signals]]:
     """Fork; the child has ``name`` from its first instant, and SIGINT and SIGTERM blocked
     until it has left the launcher's code (nor does the launcher carry that name, or block
-    them, once this returns). The pid (0 in the child, -1 when the fork failed), the
-    launcher's name (None: unknown) and its signal mask, for the child to restore."""
+    them, once this returns or raises). The pid (0 in the child, -1 when the fork failed),
+    the launcher's name (None: unknown) and its signal mask, for the child to restore."""
     import warnings
 
     for stream in (sys.stdout, sys.stderr):  # else the fork writes it out again
@@ -188,6 +190,7 @@ def _fork_named(name: str) -> tuple[int, str | None, set[signal.Signals]]:
             stream.flush()
     before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     launcher_name = _set_name(name)
+    pid = -1
     try:
         with warnings.catch_warnings():
             # Python 3.12+ warns of any fork beside another thread; the only ones here are
@@ -196,40 +199,61 @@ def _fork_named(name: str) -> tuple[int, str | None, set[signal.Signals]]:
             pid = os.fork()
     except OSError:
         pid = -1
-    if pid != 0:
-        if launcher_name is not None:
-            _set_name(launcher_name)
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    finally:
+        if pid != 0:
+            if launcher_name is not None:
+                _set_name(launcher_name)
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
     return pid, launcher_name, before
 
 
 def _drop_script_handlers() -> None:
-    """No handler of the script's for any signal: what a new interpreter starts with."""
+    """Signal dispositions as a new interpreter has them: none of the script's handlers,
+    Python's own for SIGINT, and SIGPIPE and SIGXFSZ ignored (a script may have set SIGPIPE
+    back to the default, which kills a process at its first write to a closed pipe)."""
     for sig in signal.valid_signals():
         with contextlib.suppress(OSError, ValueError, TypeError):
             handler = signal.getsignal(sig)
             if sig == signal.SIGINT:
                 signal.signal(sig, signal.default_int_handler)
+            elif sig in (getattr(signal, "SIGPIPE", None), getattr(signal, "SIGXFSZ", None)):
+                signal.signal(sig, signal.SIG_IGN)
             elif callable(handler):
                 signal.signal(sig, signal.SIG_DFL)
 
 
+def _close_all_but(keep: int) -> None:
+    """Close every descriptor above the standard streams but ``keep``: those open, as listed
+    in /proc (a range up to the limit may mean a million calls without ``close_range``)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = range(3, os.sysconf("SC_OPEN_MAX"))
+    for fd in fds:
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):  # the listing's own, closed by now
+                os.close(fd)
+
+
 def _track(read_end: int, mask: set[signal.Signals]) -> None:
-    """The resource tracker, in the fork: every descriptor closed but its pipe and stderr (a
-    copy of the fork server's or a worker's pipe would keep them waiting), then
-    multiprocessing's own loop, which ends when every holder of the pipe has closed it.
-    Never returns into the launcher's code."""
+    """The resource tracker, in the fork: every descriptor closed but its pipe and the
+    standard streams (a copy of the fork server's or a worker's pipe would keep them waiting),
+    Python's own stderr, excepthook and warning filters back (the script's could hide or
+    break its report of what it cleaned up), then multiprocessing's own loop, which ends when
+    every holder of the pipe has closed it. Never returns into the launcher's code."""
     import gc
     import traceback
+    import warnings
 
     code = 0
     try:
-        os.closerange(3, read_end)
-        os.closerange(read_end + 1, max(os.sysconf("SC_OPEN_MAX"), read_end + 1))
+        _close_all_but(read_end)
         # Its loop lives as long as the search: no full collection of the launcher's objects,
         # which would copy the pages it shares with the launcher.
         gc.freeze()
         _drop_script_handlers()
+        sys.stderr, sys.excepthook = sys.__stderr__, sys.__excepthook__
+        warnings.resetwarnings()
         # Its loop ignores SIGINT and SIGTERM, then unblocks them: a Ctrl-C of the whole
         # group leaves the tracker to clean up after the workers, as it is meant to.
         signal.pthread_sigmask(signal.SIG_SETMASK, mask | {signal.SIGINT, signal.SIGTERM})
@@ -243,6 +267,8 @@ def _track(read_end: int, mask: set[signal.Signals]) -> None:
         with contextlib.suppress(BaseException):
             traceback.print_exc()
     finally:
+        with contextlib.suppress(BaseException):
+            sys.stderr.flush()
         os._exit(code)
 
 

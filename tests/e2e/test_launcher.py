@@ -8,6 +8,7 @@ import math
 import socket
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -351,6 +352,19 @@ from hparam_search.launch.fork_server import TRACKER_NAME
 TOP_LEVEL_RAN_IN = os.getpid()  # the script's top level, run again by every worker
 
 
+def signal_masks(pid):
+    """SigIgn, SigCgt and SigBlk of a process: sets of signal numbers."""
+    with open(f"/proc/{{pid}}/status") as f:
+        masks = dict(line.split(":") for line in f if line.startswith(("SigIgn", "SigCgt",
+                                                                      "SigBlk")))
+    return {{key: sorted(n for n in range(1, 65) if int(value, 16) >> (n - 1) & 1)
+             for key, value in masks.items()}}
+
+
+def fd_targets(pid):
+    return {{int(fd): os.readlink(f"/proc/{{pid}}/fd/{{fd}}") for fd in os.listdir(f"/proc/{{pid}}/fd")}}
+
+
 @hparam_search()
 def train(config: dict) -> float:
     server = os.getppid()
@@ -360,8 +374,8 @@ def train(config: dict) -> float:
         name = f.read().strip()
     with open(f"/proc/{{server}}/stat") as f:
         server_parent = int(f.read().rsplit(")", 1)[1].split()[1])
-    with open(f"/proc/{{server}}/status") as f:
-        server_caught = int(next(l for l in f if l.startswith("SigCgt:")).split()[1], 16)
+    server_signals = signal_masks(server)
+    server_fds = set(fd_targets(server).values())
     trackers = []  # multiprocessing's resource tracker: a child of the launcher, not the server
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -369,18 +383,22 @@ def train(config: dict) -> float:
                 stat = f.read()
             with open(f"/proc/{{pid}}/cmdline", "rb") as f:
                 tracker_cmdline = f.read()
-            fds = sorted(int(fd) for fd in os.listdir(f"/proc/{{pid}}/fd"))
             with open(f"/proc/{{pid}}/comm") as f:
                 tracker_name = f.read().strip()
+            fds = fd_targets(pid)
+            signals = signal_masks(pid)
         except OSError:
             continue
         if int(stat.rsplit(")", 1)[1].split()[1]) == server_parent and int(pid) != server and (
                 b"resource_tracker" in tracker_cmdline or tracker_name == TRACKER_NAME):
-            trackers.append({{"name": tracker_name, "fds": fds,
+            own = [target for fd, target in fds.items() if fd > 2]
+            trackers.append({{"name": tracker_name, "own_fds": own, "signals": signals,
+                              "shares_with_server": sorted(set(own) & server_fds),
                               "exec": b"resource_tracker" in tracker_cmdline}})
     with open(os.path.join(config["record_dir"], f"{{current_trial().number}}.json"), "w") as f:
         json.dump({{"cmdline": [a.decode() for a in cmdline if a], "name": name, "server": server,
-                   "server_catches_sigterm": server_caught >> (signal.SIGTERM - 1) & 1 == 1,
+                   "server_catches_sigterm": signal.SIGTERM in server_signals["SigCgt"],
+                   "server_ignores_sigpipe": signal.SIGPIPE in server_signals["SigIgn"],
                    "server_parent": server_parent, "trackers": trackers,
                    "top_level_here": TOP_LEVEL_RAN_IN ==
                    os.getpid(), "threads": {{v: os.environ.get(v) for v in
@@ -405,6 +423,7 @@ if __name__ == "__main__":
     ("import numpy", False),
     ("from hparam_search import hparam_search\nKEEP = open(os.devnull)", False),
     ("import signal\nsignal.signal(signal.SIGTERM, lambda *a: None)", True),
+    ("import signal\nsignal.signal(signal.SIGPIPE, signal.SIG_DFL)", True),
     ("from multiprocessing import resource_tracker\nresource_tracker.ensure_running()", False),
 ])
 @pytest.mark.skipif(not sys.platform.startswith("linux") or sys.version_info >= (3, 14),
@@ -421,7 +440,7 @@ def test_the_fork_server_is_a_fork_of_the_launcher_only_while_that_is_clean(
     handlers nor multiprocessing's resource tracker (a launcher waiting for the tracker at
     exit would wait forever), and it is gone once the launcher has exited."""
     import os
-    import time
+    import signal
 
     from hparam_search.launch.fork_server import SERVER_NAME, TRACKER_NAME
 
@@ -440,15 +459,24 @@ def test_the_fork_server_is_a_fork_of_the_launcher_only_while_that_is_clean(
     for trial in seen:
         assert trial["server_parent"] == launcher_pid
         assert trial["server_catches_sigterm"] is False
+        assert trial["server_ignores_sigpipe"] is True  # as Python starts, whatever the script set
         assert trial["top_level_here"] is True
         assert trial["threads"] == {v: os.environ.get(v, "3") for v in trial["threads"]}
         if forked:
             assert trial["name"] == SERVER_NAME
             assert trial["cmdline"][1:] == [str(project.script)]
-            # The tracker too is a fork, holding its pipe and the standard streams only.
+            # The tracker too is a fork: beside the standard streams it holds its own pipe
+            # only, ignores Ctrl-C, SIGTERM and SIGPIPE, and catches and blocks nothing.
             [tracker] = trial["trackers"]
             assert tracker["name"] == TRACKER_NAME and not tracker["exec"]
-            assert len([fd for fd in tracker["fds"] if fd > 2]) == 1, tracker
+            [pipe] = tracker["own_fds"]
+            assert pipe.startswith("pipe:") and tracker["shares_with_server"] == [], tracker
+            ignored = {signal.SIGINT, signal.SIGTERM, signal.SIGPIPE}
+            assert ignored <= set(tracker["signals"]["SigIgn"]), tracker
+            # (32 and up: real-time signals, 32 and 33 the C library's own for its threads)
+            standard = {key: [n for n in numbers if n < 32]
+                        for key, numbers in tracker["signals"].items()}
+            assert standard["SigCgt"] == standard["SigBlk"] == [], tracker
         else:
             assert trial["name"] != SERVER_NAME
             assert any("multiprocessing.forkserver" in a for a in trial["cmdline"])
@@ -482,3 +510,67 @@ def test_a_search_run_from_another_module_gets_a_new_interpreter_as_fork_server(
     for trial in seen:
         assert trial["server_parent"] == launcher_pid
         assert any("multiprocessing.forkserver" in a for a in trial["cmdline"])
+
+
+LEAKING_SCRIPT = '''
+import os, signal, threading
+{prelude}
+from multiprocessing import shared_memory
+from hparam_search import hparam_search
+
+
+@hparam_search()
+def train(config: dict) -> float:
+    marker = os.path.join(config["record_dir"], "killed")
+    if not os.path.exists(marker):  # the first trial: a segment, then a death that frees nothing
+        launcher = int(open(f"/proc/{{os.getppid()}}/stat").read().rsplit(")", 1)[1].split()[1])
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = open(f"/proc/{{pid}}/stat").read()
+                forked = open(f"/proc/{{pid}}/comm").read().strip() == "hparam-tracker"
+                new = b"resource_tracker" in open(f"/proc/{{pid}}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == launcher and (forked or new):
+                with open(os.path.join(config["record_dir"], "tracker"), "w") as f:
+                    f.write("forked" if forked else "new interpreter")
+        shared_memory.SharedMemory(name=config["segment"], create=True, size=64)
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return config["x"] ** 2
+
+
+if __name__ == "__main__":
+    train()
+'''
+
+
+@pytest.mark.parametrize("prelude, forked", [
+    ("", True),
+    ("threading.Thread(target=threading.Event().wait, daemon=True).start()", False),
+])
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_shared_memory_of_a_killed_worker_is_removed_when_the_search_ends(
+        project: UserProject, tmp_path: Path, prelude: str, forked: bool) -> None:
+    """multiprocessing's resource tracker, forked or not, removes what a killed worker left."""
+    import uuid
+
+    segment = f"hs-test-{uuid.uuid4().hex[:12]}"
+    record = tmp_path / "record"
+    record.mkdir()
+    project.write_script(LEAKING_SCRIPT.format(prelude=prelude))
+    project.write_config(n_jobs=1, n_trials=2, record_dir=str(record), segment=segment)
+    try:
+        result = project.run(timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (record / "killed").exists()
+        # The launcher has exited; the tracker leaves once no process holds its pipe.
+        deadline = time.monotonic() + 10
+        while Path("/dev/shm", segment).exists():
+            assert time.monotonic() < deadline, "the killed worker's segment is still there"
+            time.sleep(0.05)
+        assert "leaked shared_memory" in result.stderr
+        assert "relaunching" not in result.stderr  # the tracker that was there all along
+        assert (record / "tracker").read_text() == ("forked" if forked else "new interpreter")
+    finally:
+        Path("/dev/shm", segment).unlink(missing_ok=True)

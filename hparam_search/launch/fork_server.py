@@ -159,8 +159,7 @@ def _tracker_from_launcher() -> bool:
     streams. False when the fork failed (nothing is left behind)."""
     from multiprocessing import resource_tracker
 
-    tracker = resource_tracker._resource_tracker
-    if tracker._fd is not None:  # one was started meanwhile (by a preloaded module)
+    if _tracker_running():  # one was started meanwhile (by a preloaded module)
         return True
     read_end, write_end = os.pipe()
     if min(read_end, write_end) < 3:  # a standard stream was closed: the tracker would close it
@@ -174,6 +173,7 @@ def _tracker_from_launcher() -> bool:
     if pid < 0:
         os.close(write_end)
         return False
+    tracker = resource_tracker._resource_tracker
     tracker._fd, tracker._pid = write_end, pid
     return True
 
@@ -225,13 +225,10 @@ def _drop_script_handlers() -> None:
 def _close_all_but(keep: int) -> None:
     """Close every descriptor above the standard streams but ``keep``: those open, as listed
     in /proc (a range up to the limit may mean a million calls without ``close_range``)."""
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = range(3, os.sysconf("SC_OPEN_MAX"))
-    for fd in fds:
+    listed = _open_fds()
+    for fd in listed if listed is not None else range(3, os.sysconf("SC_OPEN_MAX")):
         if fd > 2 and fd != keep:
-            with contextlib.suppress(OSError):  # the listing's own, closed by now
+            with contextlib.suppress(OSError):
                 os.close(fd)
 
 
